@@ -1,0 +1,1 @@
+"""Finetuning recipes and backbone comparison (run from the repo root: ``python -m evaluation.<stage>``)."""
