@@ -1,0 +1,141 @@
+"""Dataset cards: one YAML per dataset naming its format, classes, bands, bit depth and deterministic splits.
+
+    name: maple_iwp
+    format: via_json                 # via_json | raster_pairs | vector
+    root: ../shared/data/maple_iwp/labelled   # relative paths resolve against the repository root
+    classes: [background, lowcenter, highcenter]   # index = class id; 0 is background
+    bands: [nir, green, red]         # channel order of the files, canonical names (arctic_vit.bands)
+    bit_depth: 8
+    gsd_m: 0.5
+    latlon: null                     # [lat, lon] when every chip shares one known location, else null
+    splits: {seed: 0, fractions: {train: 0.7, val: 0.3}}
+    options: {annotations: via_region_data.json, class_attribute: object_name}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FORMATS = ("via_json", "raster_pairs", "vector")
+IGNORE_INDEX = 255
+"""Mask value of pixels that are not scored (nodata, padding)."""
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    name: str
+    format: str
+    root: Path
+    classes: tuple[str, ...]
+    bands: tuple[str, ...]
+    bit_depth: int
+    gsd_m: float | None = None
+    latlon: tuple[float, float] | None = None
+    split_seed: int = 0
+    split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.3})
+    options: dict[str, Any] = field(default_factory=dict)
+    generate: dict[str, Any] | None = None
+    source: Path | None = None
+
+    @property
+    def max_value(self) -> int:
+        return 2**self.bit_depth - 1
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def foreground_classes(self) -> tuple[str, ...]:
+        return self.classes[1:]
+
+    def class_id(self, name: str, where: str) -> int:
+        """Class id of ``name``; ``ValueError`` naming ``where`` (file, region) and the card's classes if unknown."""
+        if name not in self.classes:
+            raise ValueError(
+                f"{where}: class {name!r} is not in dataset card {self.name!r} (classes: {list(self.classes)}); "
+                "add it to the card or fix the label"
+            )
+        return self.classes.index(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "format": self.format, "root": str(self.root), "classes": list(self.classes),
+            "bands": list(self.bands), "bit_depth": self.bit_depth, "gsd_m": self.gsd_m,
+            "latlon": list(self.latlon) if self.latlon else None,
+            "splits": {"seed": self.split_seed, "fractions": dict(self.split_fractions)},
+            "options": dict(self.options), "generate": self.generate,
+        }
+
+
+def resolve_path(path: str | Path, base: Path = REPO_ROOT) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def card_from_dict(data: dict[str, Any], source: Path | None = None) -> DatasetCard:
+    """Validate a card mapping -> ``DatasetCard``; ``ValueError`` naming ``source`` and the field on bad input."""
+    where = str(source) if source else "dataset card"
+    missing = [k for k in ("name", "format", "root", "classes", "bands", "bit_depth") if data.get(k) is None]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}")
+    if data["format"] not in FORMATS:
+        raise ValueError(f"{where}: format {data['format']!r} is not one of {FORMATS}")
+    classes = tuple(str(c) for c in data["classes"])
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"{where}: classes must list background plus >= 1 foreground class, unique: {classes}")
+    from arctic_vit.bands import validate_bands  # the canonical band names live in the core
+
+    bands = validate_bands(data["bands"])
+    splits = data.get("splits") or {}
+    fractions = {str(k): float(v) for k, v in (splits.get("fractions") or {"train": 0.7, "val": 0.3}).items()}
+    if "train" not in fractions or any(v < 0 for v in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
+        raise ValueError(f"{where}: splits.fractions must include train, be >= 0 and sum to 1, got {fractions}")
+    latlon = data.get("latlon")
+    return DatasetCard(
+        name=str(data["name"]), format=str(data["format"]), root=resolve_path(data["root"]), classes=classes,
+        bands=bands, bit_depth=int(data["bit_depth"]), gsd_m=data.get("gsd_m"),
+        latlon=(float(latlon[0]), float(latlon[1])) if latlon else None,
+        split_seed=int(splits.get("seed", 0)), split_fractions=fractions, options=dict(data.get("options") or {}),
+        generate=data.get("generate"), source=source,
+    )
+
+
+def load_card(path: str | Path, overrides: dict[str, Any] | None = None) -> DatasetCard:
+    """Read a card YAML (``overrides`` replace top-level fields, e.g. ``{"root": "/data/iwp"}``)."""
+    path = resolve_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset card not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.update(overrides or {})
+    return card_from_dict(data, source=path)
+
+
+def assign_splits(ids: list[str], fractions: dict[str, float], seed: int) -> dict[str, str]:
+    """Sample id -> split name; a seeded permutation of the sorted ids, so the same ids always split the same way.
+
+    Every split with a positive fraction gets at least one id when there are enough ids.
+    """
+    ordered = sorted(ids)
+    if len(set(ordered)) != len(ordered):
+        raise ValueError("sample ids must be unique to split deterministically")
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    names = [n for n, f in fractions.items() if f > 0]
+    counts = [round(fractions[n] * len(ordered)) for n in names]
+    if len(ordered) >= len(names):
+        counts = [max(c, 1) for c in counts]
+    while sum(counts) > len(ordered):  # rounding overshoot: take from the largest split
+        counts[int(np.argmax(counts))] -= 1
+    counts[names.index("train")] += len(ordered) - sum(counts)
+    result, start = {}, 0
+    for name, count in zip(names, counts):
+        for index in perm[start : start + count]:
+            result[ordered[index]] = name
+        start += count
+    return result
