@@ -1,0 +1,246 @@
+"""Chip shards: fixed-size memory-mapped arrays + a metadata table, and the loader that streams them.
+
+Layout written by ``training.pack`` (one folder)::
+
+    index.json                 {"format": 1, "bands": [...], "bit_depth": 11, "dtype": "uint16",
+                                "chip_shape": [C, H, W], "nodata": 0, "shards": [{"name": "shard-00000", "count": 512}]}
+    stats.json                 {"bands", "bit_depth", "mean", "std", "count"}  per-band, in [0, 1] units
+    shard-00000.npy            (N, C, H, W) uint8/uint16 raw DN, band order of ``bands``
+    shard-00000.parquet        one row per chip: chip_id, source_path, row_off, col_off, lat, lon, acquired, sensor
+
+Reading order (``ShardSampler``): shard order shuffled per epoch, chips read shard after shard (sequential memory-mapped
+reads) through a shuffle buffer, the resulting stream split across DDP ranks by stride; DataLoader workers then
+take whole batches of it. Every chip's augmentation is seeded by (seed, epoch, position in the stream), so an epoch
+is identical for any worker count and can be resumed at any sample.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+INDEX_NAME = "index.json"
+STATS_NAME = "stats.json"
+SHARD_FORMAT = 1
+
+
+def read_index(shard_dir: str | Path) -> dict[str, Any]:
+    """Read and check ``index.json`` of a shard folder."""
+    path = Path(shard_dir) / INDEX_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no shard index at {path}: run `python -m training.pack` first")
+    index = json.loads(path.read_text())
+    if index.get("format") != SHARD_FORMAT:
+        raise ValueError(f"{path}: shard format {index.get('format')!r}, this code reads format {SHARD_FORMAT}")
+    return index
+
+
+def read_stats(shard_dir: str | Path) -> dict[str, Any]:
+    """Per-band corpus statistics written by ``training.pack`` (mean/std in [0, 1] units)."""
+    path = Path(shard_dir) / STATS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no corpus statistics at {path}: run `python -m training.pack` first")
+    return json.loads(path.read_text())
+
+
+def make_normalizer(mean: Sequence[float], std: Sequence[float], bit_depth: int) -> torch.nn.Module:
+    """The core's ``MultispectralNormalize`` (raw DN -> float32 ``(x / max_value - mean) / std``)."""
+    max_value = float(2**bit_depth - 1)
+    try:
+        from arctic_vit.transforms import MultispectralNormalize
+    except ImportError:  # the core is not installed: same formula, local stand-in
+        return _LocalNormalize(mean, std, max_value)
+    return MultispectralNormalize(mean, std, max_value)
+
+
+class _LocalNormalize(torch.nn.Module):
+    def __init__(self, mean: Sequence[float], std: Sequence[float], max_value: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.max_value = max_value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., C, H, W) raw DN -> (..., C, H, W) float32"""
+        return (x.float() / self.max_value - self.mean) / self.std
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Overhead-imagery augmentations: random resized crop, flips and 90-degree rotations (no 'up' in the sky)."""
+
+    size: int = 224
+    scale: tuple[float, float] = (0.2, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+
+
+def random_resized_crop_box(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], gen: torch.Generator
+) -> tuple[int, int, int, int]:
+    """Sample (top, left, h, w) covering ``scale`` of the area with aspect in ``ratio``; whole image after 10 misses."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(1, generator=gen).item())
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(1, generator=gen).item())
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=gen))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=gen))
+            return top, left, h, w
+    return 0, 0, height, width
+
+
+def augment(chip: torch.Tensor, valid: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None):
+    """chip: (C, H, W) float32 DN, valid: (H, W) bool -> (C, S, S) float32, (S, S) bool. ``gen=None``: resize only."""
+    height, width = chip.shape[-2:]
+    if gen is not None:
+        top, left, h, w = random_resized_crop_box(height, width, cfg.scale, cfg.ratio, gen)
+        chip = chip[:, top : top + h, left : left + w]
+        valid = valid[top : top + h, left : left + w]
+    if chip.shape[-2:] != (cfg.size, cfg.size):
+        chip = F.interpolate(chip[None], size=(cfg.size, cfg.size), mode="bilinear", antialias=True,
+                             align_corners=False)[0]
+        valid = F.interpolate(valid[None, None].float(), size=(cfg.size, cfg.size), mode="nearest")[0, 0] > 0.5
+    if gen is not None:
+        flips = torch.randint(0, 2, (2,), generator=gen).tolist()
+        quarter_turns = int(torch.randint(0, 4, (1,), generator=gen))
+        dims = [d for d, flip, enabled in ((-1, flips[0], cfg.hflip), (-2, flips[1], cfg.vflip)) if flip and enabled]
+        if dims:
+            chip, valid = chip.flip(dims), valid.flip(dims)
+        if cfg.rot90 and quarter_turns:
+            chip, valid = chip.rot90(quarter_turns, (-2, -1)), valid.rot90(quarter_turns, (-2, -1))
+    return chip.contiguous(), valid.contiguous()
+
+
+class ShardDataset(Dataset):
+    """Chips of a shard folder. Items are addressed ``(global_index, seed)``; ``seed < 0`` means no augmentation.
+
+    Returns ``(image, valid)``: image (C, S, S) float32 normalised by the core's transform, valid (S, S) bool
+    (False where every band equals the corpus' nodata value).
+    """
+
+    def __init__(self, shard_dir: str | Path, augment_cfg: AugmentConfig, normalize: bool = True) -> None:
+        self.shard_dir = Path(shard_dir)
+        self.index = read_index(self.shard_dir)
+        self.augment_cfg = augment_cfg
+        counts = [int(s["count"]) for s in self.index["shards"]]
+        self.shard_names = [s["name"] for s in self.index["shards"]]
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.nodata = self.index.get("nodata")
+        self._arrays: dict[int, np.ndarray] = {}  # opened lazily, per process (safe with DataLoader workers)
+        self.normalize = None
+        if normalize:
+            stats = read_stats(self.shard_dir)
+            self.normalize = make_normalizer(stats["mean"], stats["std"], int(stats["bit_depth"]))
+
+    @property
+    def shard_counts(self) -> list[int]:
+        return np.diff(self.offsets).tolist()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _array(self, shard: int) -> np.ndarray:
+        if shard not in self._arrays:
+            self._arrays[shard] = np.load(self.shard_dir / f"{self.shard_names[shard]}.npy", mmap_mode="r")
+        return self._arrays[shard]
+
+    def raw(self, index: int) -> np.ndarray:
+        """(C, H, W) raw DN of chip ``index``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"chip {index} out of range for {len(self)} chips in {self.shard_dir}")
+        shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return np.asarray(self._array(shard)[index - self.offsets[shard]])
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = item
+        chip = torch.from_numpy(self.raw(index).astype(np.float32))
+        if self.nodata is None:
+            valid = torch.ones(chip.shape[-2:], dtype=torch.bool)
+        else:
+            valid = (chip != float(self.nodata)).any(dim=0)
+        gen = torch.Generator().manual_seed(seed) if seed >= 0 else None
+        chip, valid = augment(chip, valid, self.augment_cfg, gen)
+        if self.normalize is not None:
+            chip = self.normalize(chip)
+        return chip, valid
+
+
+def epoch_order(shard_counts: Sequence[int], seed: int, epoch: int, shuffle_buffer: int) -> np.ndarray:
+    """Global chip order of one epoch: shuffled shard order, then a shuffle within consecutive buffer windows."""
+    rng = np.random.default_rng([seed, epoch])
+    offsets = np.concatenate([[0], np.cumsum(shard_counts)]).astype(np.int64)
+    shards = rng.permutation(len(shard_counts))
+    stream = np.concatenate([np.arange(offsets[s], offsets[s + 1]) for s in shards]) if len(shards) else np.array([])
+    buffer = max(1, int(shuffle_buffer))
+    for start in range(0, len(stream), buffer):
+        rng.shuffle(stream[start : start + buffer])
+    return stream.astype(np.int64)
+
+
+class ShardSampler(Sampler):
+    """Yields ``(global_index, augmentation_seed)`` for one rank, starting at ``start`` samples into the epoch.
+
+    Every rank gets the same number of samples: the epoch stream is cut to a multiple of ``world_size * batch_size``
+    (``drop_last``) and rank r takes positions r, r + world_size, ...
+    """
+
+    def __init__(
+        self,
+        shard_counts: Sequence[int],
+        *,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 1024,
+        augment: bool = True,
+    ) -> None:
+        self.shard_counts = list(shard_counts)
+        self.batch_size = batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.shuffle_buffer = shuffle_buffer
+        self.augment = augment
+        self.epoch = 0
+        self.start = 0
+        total = sum(self.shard_counts)
+        self.batches_per_rank = total // (world_size * batch_size)
+        if self.batches_per_rank == 0:
+            raise ValueError(
+                f"{total} chips are fewer than one global batch ({world_size} ranks x {batch_size}): "
+                "pack more chips or lower data.batch_size"
+            )
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch and the number of this rank's samples already consumed in it."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.batches_per_rank * self.batch_size - self.start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = epoch_order(self.shard_counts, self.seed, self.epoch, self.shuffle_buffer)
+        used = self.batches_per_rank * self.batch_size * self.world_size
+        positions = np.arange(self.rank, used, self.world_size)[self.start :]
+        for position in positions.tolist():
+            seed = sample_seed(self.seed, self.epoch, position) if self.augment else -1
+            yield int(order[position]), seed
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A 63-bit augmentation seed for one stream position, independent of workers and ranks."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(2, np.uint64)[0] >> np.uint64(1))
