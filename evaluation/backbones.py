@@ -1,0 +1,206 @@
+"""Every compared encoder behind one interface: a timm ViT/16, the dataset bands it eats, and its normalisation.
+
+    backbone = build_backbone("arctic_mae_vit_large", card, img_size=224, weights="outputs/export")
+    tokens = backbone.encoder.forward_features(backbone.prepare(batch["image"]))   # raw DN in, normalised inside
+
+Names (``BACKBONES``):
+- ``arctic_mae_vit_{tiny,small,base,large}``: ours (``import arctic_vit``), asked for the dataset's bands by name.
+- ``imagenet_mae_vit_large`` (timm ``vit_large_patch16_224.mae``, the ViTDet initialisation) and
+  ``imagenet_supervised_vit_large`` (``vit_large_patch16_224.augreg_in21k_ft_in1k``): fed natively, the dataset's
+  red, green, blue (``rgb_bands``) with the model's ImageNet statistics. ``imagenet_all_bands=True`` instead feeds
+  every band with timm's RGB-kernel tiling (off by default: torchgeo-bench measured it regressing 16 of 17 cells).
+- ``prithvi_eo2_300m``: Prithvi-EO-2.0-300M from its official checkpoint (``evaluation.prithvi``).
+- ``random_vit_{tiny,small,base,large}``: the arctic architecture, random init.
+
+Weights (``weights=``): ``"hub"`` (the pinned published weights; the only option that may download), ``"none"``
+(random init of the same architecture: what the tests use), or a local path (an export folder, a checkpoint file, or
+for Prithvi the official ``.pt``).
+
+Normalisation (``normalization=``): ``"native"`` (default): each model's own pretraining statistics applied to
+DN / (2**bit_depth - 1); ``"zscore"``: per-band statistics of the training split (``dataset_stats``). Random init
+has no pretraining statistics, so it always uses the dataset z-score. ``Backbone.normalization`` says what was used.
+Prithvi expects HLS reflectance: DN / (2**bit_depth - 1) stands in for reflectance in [0, 1] unless the card gives
+``options.reflectance_per_dn`` (e.g. from the vendor's radiometric calibration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+import arctic_vit  # noqa: F401  (registers the arctic_mae_vit_* models with timm)
+from arctic_vit.transforms import MultispectralNormalize
+from evaluation.datasets.card import DatasetCard
+
+SIZES = ("tiny", "small", "base", "large")
+IMAGENET_MODELS = {
+    "imagenet_mae_vit_large": "vit_large_patch16_224.mae",
+    "imagenet_supervised_vit_large": "vit_large_patch16_224.augreg_in21k_ft_in1k",
+}
+PRITHVI_HUB = ("ibm-nasa-geospatial/Prithvi-EO-2.0-300M", "Prithvi_EO_V2_300M.pt")
+BACKBONES: tuple[str, ...] = (
+    *(f"arctic_mae_vit_{s}" for s in SIZES), *IMAGENET_MODELS, "prithvi_eo2_300m", *(f"random_vit_{s}" for s in SIZES),
+)
+
+
+@dataclass
+class Backbone:
+    name: str
+    encoder: VisionTransformer
+    band_indices: tuple[int, ...]
+    input_bands: tuple[str, ...]
+    normalize: nn.Module
+    normalization: str
+    weights: str
+
+    def prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """image: (N, C_dataset, H, W) raw DN -> (N, C_encoder, H, W) normalised float32."""
+        return self.normalize(image[:, list(self.band_indices)])
+
+    @property
+    def out_indices(self) -> tuple[int, ...]:
+        """Blocks feeding the pyramid: ViT-L 5, 11, 17, 23; other depths proportionally."""
+        depth = len(self.encoder.blocks)
+        return tuple(depth * k // 4 - 1 for k in (1, 2, 3, 4))
+
+    def describe(self) -> dict:
+        return {
+            "backbone": self.name, "weights": self.weights, "input_bands": list(self.input_bands),
+            "normalization": self.normalization, "embed_dim": self.encoder.embed_dim,
+            "depth": len(self.encoder.blocks), "out_indices": list(self.out_indices),
+        }
+
+
+def band_indices(card: DatasetCard, wanted: Sequence[str], backbone: str) -> tuple[int, ...]:
+    """Indices of ``wanted`` in the card's bands; ``ValueError`` naming both when the dataset lacks one."""
+    missing = [b for b in wanted if b not in card.bands]
+    if missing:
+        raise ValueError(
+            f"backbone {backbone!r} needs band(s) {missing} but dataset {card.name!r} has {card.bands}; "
+            "choose a backbone that fits or map bands explicitly (e.g. backbone option rgb_bands)"
+        )
+    return tuple(card.bands.index(b) for b in wanted)
+
+
+def zscore(stats: dict | None, indices: Sequence[int], max_value: float) -> MultispectralNormalize:
+    """Per-dataset normalisation from training-split statistics (``mean``/``std`` per card band, in DN)."""
+    if stats is None:
+        raise ValueError("z-score normalisation needs dataset_stats (per-band mean/std of the training split)")
+    mean = [stats["mean"][i] / max_value for i in indices]
+    std = [max(stats["std"][i], 1e-6) / max_value for i in indices]
+    return MultispectralNormalize(mean, std, max_value=max_value)
+
+
+def build_backbone(
+    name: str,
+    card: DatasetCard,
+    img_size: int,
+    weights: str | Path | None = "hub",
+    normalization: str = "native",
+    dataset_stats: dict[str, Sequence[float]] | None = None,
+    arch: str | None = None,
+    rgb_bands: Sequence[str] = ("red", "green", "blue"),
+    imagenet_all_bands: bool = False,
+    prithvi_num_heads: int = 16,
+) -> Backbone:
+    """The backbone ``name`` for ``card``'s data at ``img_size`` (see module doc for ``weights``/``normalization``).
+
+    ``arch`` replaces the timm architecture of an ImageNet or random backbone (e.g. ``vit_tiny_patch16_224`` in
+    CPU tests); it cannot be combined with published weights.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}")
+    if normalization not in ("native", "zscore"):
+        raise ValueError(f"normalization must be 'native' or 'zscore', got {normalization!r}")
+    weights = "none" if weights is None else str(weights)
+    max_value = float(card.max_value)
+
+    if name.startswith("random_vit_"):
+        if arch:
+            encoder = timm.create_model(arch, pretrained=False, in_chans=len(card.bands), img_size=img_size,
+                                        num_classes=0)
+        else:
+            model = f"arctic_mae_vit_{name.rsplit('_', 1)[1]}_patch16_224"
+            encoder = timm.create_model(model, pretrained=False, bands=card.bands, img_size=img_size)
+        indices = tuple(range(len(card.bands)))
+        return Backbone(name, encoder, indices, card.bands, zscore(dataset_stats, indices, max_value),
+                        "dataset z-score (random init has no pretraining statistics)", "random init")
+
+    if name.startswith("arctic_mae_vit_"):
+        model = f"{name}_patch16_224"
+        kwargs = dict(bands=card.bands, img_size=img_size)
+        if weights == "none":
+            encoder = timm.create_model(model, pretrained=False, **kwargs)
+        elif weights == "hub":
+            encoder = timm.create_model(model, pretrained=True, **kwargs)
+        else:
+            encoder = timm.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)),
+                                        **kwargs)
+        indices = tuple(range(len(card.bands)))
+        return _with_normalization(name, encoder, indices, card, normalization, dataset_stats, weights)
+
+    if name in IMAGENET_MODELS:
+        if arch and weights not in ("none",) and not Path(weights).exists():
+            raise ValueError(f"arch={arch!r} replaces the architecture: use weights='none' or a local file")
+        model = arch or IMAGENET_MODELS[name]
+        wanted = tuple(card.bands) if imagenet_all_bands else tuple(rgb_bands)
+        indices = band_indices(card, wanted, name)
+        kwargs = dict(num_classes=0, img_size=img_size, in_chans=len(indices))
+        if weights == "none":
+            encoder = timm.create_model(model, pretrained=False, **kwargs)
+        elif weights == "hub":
+            encoder = timm.create_model(model, pretrained=True, **kwargs)
+        else:
+            encoder = timm.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)),
+                                        **kwargs)
+        rgb_mean, rgb_std = encoder.pretrained_cfg["mean"], encoder.pretrained_cfg["std"]
+        if imagenet_all_bands:  # bands beyond RGB get the average RGB statistics
+            by_band = dict(zip(("red", "green", "blue"), zip(rgb_mean, rgb_std)))
+            fallback = (sum(rgb_mean) / 3, sum(rgb_std) / 3)
+            stats = [by_band.get(b, fallback) for b in wanted]
+            encoder.pretrained_cfg = {**encoder.pretrained_cfg, "mean": tuple(s[0] for s in stats),
+                                      "std": tuple(s[1] for s in stats)}
+        encoder.pretrained_cfg = {**encoder.pretrained_cfg, "bands": wanted}
+        return _with_normalization(name, encoder, indices, card, normalization, dataset_stats, weights)
+
+    # prithvi_eo2_300m
+    from evaluation.prithvi import load_prithvi_checkpoint, prithvi_to_timm, random_prithvi_checkpoint
+
+    if weights == "none":
+        dims = dict(embed_dim=64, depth=4, num_heads=4) if arch == "tiny" else {}
+        state = random_prithvi_checkpoint(decoder_depth=1, **dims)
+        heads = dims.get("num_heads", prithvi_num_heads)
+    else:
+        if weights == "hub":
+            from huggingface_hub import hf_hub_download
+
+            weights = hf_hub_download(*PRITHVI_HUB)
+        state = load_prithvi_checkpoint(weights)
+        heads = prithvi_num_heads
+    encoder = prithvi_to_timm(state, card.bands, img_size=img_size, num_heads=heads)
+    indices = band_indices(card, encoder.pretrained_cfg["bands"], name)
+    if "reflectance_per_dn" in card.options:
+        max_value = 1.0 / float(card.options["reflectance_per_dn"])
+    return _with_normalization(name, encoder, indices, card, normalization, dataset_stats, weights, max_value)
+
+
+def _with_normalization(
+    name: str, encoder: VisionTransformer, indices: tuple[int, ...], card: DatasetCard, normalization: str,
+    dataset_stats: dict | None, weights: str, max_value: float | None = None,
+) -> Backbone:
+    bands = tuple(card.bands[i] for i in indices)
+    max_value = float(card.max_value) if max_value is None else max_value
+    weights_note = "random init (weights=none)" if weights == "none" else str(weights)
+    if normalization == "zscore":
+        return Backbone(name, encoder, indices, bands, zscore(dataset_stats, indices, float(card.max_value)),
+                        "dataset z-score", weights_note)
+    cfg = encoder.pretrained_cfg
+    normalize = MultispectralNormalize(cfg["mean"], cfg["std"], max_value=max_value)
+    note = f"model-native: pretraining mean/std of DN / {max_value:g}"
+    return Backbone(name, encoder, indices, bands, normalize, note, weights_note)
