@@ -19,7 +19,7 @@ pretrained function is unchanged at the start of finetuning and the band's contr
 
 
 def validate_bands(bands: Sequence[str] | str) -> tuple[str, ...]:
-    """Return ``bands`` as a lower-case tuple; raise ``ValueError`` naming the valid names on an unknown or repeated band."""
+    """Return ``bands`` as a lower-case tuple; an unknown or repeated band is a ``ValueError`` naming the valid ones."""
     if isinstance(bands, str):
         bands = [b for b in bands.replace(" ", "").split(",") if b]
     names = tuple(str(b).lower() for b in bands)

@@ -37,7 +37,9 @@ def card_data(config: Mapping[str, Any], results: Sequence[Mapping[str, Any]] = 
         license=cfg.get("license", "cc-by-4.0"),
         library_name="timm",
         pipeline_tag="image-feature-extraction",
-        tags=["image-feature-extraction", "timm", "remote-sensing", "arctic", "permafrost", "mae", "vision-transformer"],
+        tags=[
+            "image-feature-extraction", "timm", "remote-sensing", "arctic", "permafrost", "mae",
+            "vision-transformer"],
         datasets=["arctic-vhsr-curated"],
         base_model=None,
         model_name=meta.get("variant", config.get("architecture")),

@@ -10,6 +10,7 @@ pretrained_cfg_overlay=dict(file=FOLDER))`` reads back.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -78,7 +79,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.suffix == ".safetensors":
         return load_file(path, device="cpu")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # argparse.Namespace: the official facebookresearch/mae training checkpoints store their args in one.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError (and others) for anything beyond plain tensors/containers
         raise ValueError(
             f"{path} cannot be read with torch.load(weights_only=True) (it may contain pickled objects): {err}"
@@ -151,7 +154,7 @@ def export_folder(
         raise ValueError(f"weights have {in_chans} input bands but pretrained_cfg names {len(bands)}: {bands}")
     if img_size is None:
         n_patches = state_dict["pos_embed"].shape[1] - 1 if "pos_embed" in state_dict else 196
-        img_size = int(round(n_patches**0.5)) * 16
+        img_size = round(n_patches**0.5) * 16
     overrides.setdefault("input_size", (in_chans, img_size, img_size))
     model = timm.create_model(
         variant, pretrained=False, in_chans=in_chans, img_size=img_size, pretrained_cfg_overlay=overrides

@@ -166,7 +166,10 @@ def _create_arctic_vit(variant: str, pretrained: bool = False, **kwargs: Any) ->
         raise ValueError(f"in_chans={kwargs['in_chans']} contradicts bands={target_bands}")
     if target_bands != source_bands:
         cfg = dataclasses.replace(
-            cfg, bands=target_bands, input_size=(len(target_bands), *cfg.input_size[1:]), **_band_stats(cfg, target_bands)
+            cfg,
+            bands=target_bands,
+            input_size=(len(target_bands), *cfg.input_size[1:]),
+            **_band_stats(cfg, target_bands),
         )
         kwargs["in_chans"] = len(target_bands)
 
@@ -198,7 +201,7 @@ def _create_sized(size: str, pretrained: bool, **kwargs: Any) -> VisionTransform
 
 @register_model
 def arctic_mae_vit_large_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """Arctic MAE ViT-L/16 (1024-d, 24 blocks, 16 heads): the released encoder, 4-band (blue, green, red, nir) 11-bit."""
+    """Arctic MAE ViT-L/16 (1024-d, 24 blocks, 16 heads): the released encoder; 4 bands (BGRN), 11-bit."""
     return _create_sized("large", pretrained, **kwargs)
 
 

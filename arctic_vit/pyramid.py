@@ -65,7 +65,7 @@ class SimpleFeaturePyramid(nn.Module):
         )
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """features: 4 x (N, D, H/16, W/16) -> [(N, out, H/4, W/4), (N, out, H/8, W/8), (N, out, H/16, W/16), (N, out, H/32, W/32)]."""
+        """features: 4 x (N, D, H/16, W/16) -> [(N, out, H/s, W/s) for s in (4, 8, 16, 32)]."""
         if len(features) != len(PYRAMID_STRIDES):
             raise ValueError(f"expected {len(PYRAMID_STRIDES)} feature maps, got {len(features)}")
         return [proj(rescale(f)) for f, rescale, proj in zip(features, self.rescale, self.project)]
@@ -91,5 +91,5 @@ class ViTPyramidEncoder(nn.Module):
         return self.vit.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x: (N, C, H, W) -> [(N, out, H/4, W/4), (N, out, H/8, W/8), (N, out, H/16, W/16), (N, out, H/32, W/32)]."""
+        """x: (N, C, H, W) -> [(N, out, H/s, W/s) for s in (4, 8, 16, 32)]."""
         return self.pyramid(self.forward_vit(x))
