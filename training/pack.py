@@ -63,6 +63,7 @@ class ShardJob:
     dtype: str
     bit_depth: int
     nodata: float | None
+    resize: bool
 
 
 def read_chip(chip: ChipSource) -> np.ndarray:
@@ -92,14 +93,17 @@ def read_chip(chip: ChipSource) -> np.ndarray:
 
 
 def fit_chip(array: np.ndarray, chip: ChipSource, shape: tuple[int, int, int], dtype: np.dtype,
-             bit_depth: int) -> np.ndarray:
-    """Check bands/range of a (C, H, W) chip and resize it to ``shape`` (antialiased bilinear) when needed."""
+             bit_depth: int, resize: bool) -> np.ndarray:
+    """Check bands/range/size of a (C, H, W) chip; with ``resize``, resize it to ``shape`` (antialiased bilinear)."""
     if array.shape[0] != shape[0]:
         raise ValueError(f"{chip.source_path}: {array.shape[0]} bands, the corpus has {shape[0]}")
     max_value = 2**bit_depth - 1
     if array.max(initial=0) > max_value:
         raise ValueError(f"{chip.source_path}: value {array.max()} exceeds the {bit_depth}-bit range (max {max_value})")
     if array.shape[1:] != shape[1:]:
+        if not resize:
+            raise ValueError(f"{chip.source_path}: chip is {array.shape[1:]} px, the corpus {shape[1:]} px; "
+                             "set pack.chip_size to resize every chip")
         resized = F.interpolate(torch.from_numpy(array.astype(np.float32))[None], size=shape[1:], mode="bilinear",
                                 antialias=True, align_corners=False)[0]
         array = resized.round().clamp(0, max_value).numpy()
@@ -117,7 +121,7 @@ def write_shard(job: ShardJob) -> dict[str, Any]:
     tmp_array = out_dir / f".{job.name}.npy.tmp"
     array = np.lib.format.open_memmap(tmp_array, mode="w+", dtype=job.dtype, shape=(len(job.chips), *job.chip_shape))
     for i, chip in enumerate(job.chips):
-        data = fit_chip(read_chip(chip), chip, job.chip_shape, np.dtype(job.dtype), job.bit_depth)
+        data = fit_chip(read_chip(chip), chip, job.chip_shape, np.dtype(job.dtype), job.bit_depth, job.resize)
         array[i] = data
         values = data.reshape(channels, -1).astype(np.float64) * scale
         if job.nodata is not None:
@@ -210,7 +214,7 @@ def pack(
     out.mkdir(parents=True, exist_ok=True)
     jobs = [
         ShardJob(name=f"shard-{i:05d}", chips=chips[start : start + shard_size], out_dir=str(out),
-                 chip_shape=chip_shape, dtype=dtype, bit_depth=bit_depth, nodata=nodata)
+                 chip_shape=chip_shape, dtype=dtype, bit_depth=bit_depth, nodata=nodata, resize=bool(chip_size))
         for i, start in enumerate(range(0, len(chips), shard_size))
     ]
     if workers > 1 and len(jobs) > 1:

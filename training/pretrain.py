@@ -365,6 +365,7 @@ def _save(ckpt_dir, model, optimizer, scheduler, scaler, step, plan, cfg, ctx, r
                               "batch_size": int(cfg["data"]["batch_size"]), "accum": plan["accum"]},
             "step": step,
             "config": cfg,
+            "stats": read_stats(cfg["data"]["shards"]),  # corpus bands/mean/std travel with the weights
         }
         path = save_checkpoint(state, ckpt_dir, step, keep_last=int(run.get("keep_last", 3)))
     if ctx.world_size > 1:

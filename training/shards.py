@@ -133,10 +133,10 @@ class ShardDataset(Dataset):
     (False where every band equals the corpus' nodata value).
     """
 
-    def __init__(self, shard_dir: str | Path, augment_cfg: AugmentConfig, normalize: bool = True) -> None:
+    def __init__(self, shard_dir: str | Path, augment_cfg: AugmentConfig | None = None, normalize: bool = True) -> None:
         self.shard_dir = Path(shard_dir)
         self.index = read_index(self.shard_dir)
-        self.augment_cfg = augment_cfg
+        self.augment_cfg = augment_cfg or AugmentConfig(size=int(self.index["chip_shape"][-1]))
         counts = [int(s["count"]) for s in self.index["shards"]]
         self.shard_names = [s["name"] for s in self.index["shards"]]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
