@@ -160,6 +160,8 @@ def _create_arctic_vit(variant: str, pretrained: bool = False, **kwargs: Any) ->
     if pretrained and not (cfg.file or cfg.state_dict is not None or cfg.url):
         cfg = dataclasses.replace(cfg, file=str(resolve_weights(cfg.hf_hub_id, cfg.hf_hub_revision, cfg.sha256)))
 
+    if pretrained:  # the weights' own resolution is the default (224 for the registry; an export may differ)
+        kwargs.setdefault("img_size", tuple(cfg.input_size[1:]))
     source_bands = tuple(cfg.bands)
     target_bands = validate_bands(bands) if bands is not None else source_bands
     if "in_chans" in kwargs and bands is not None and kwargs["in_chans"] != len(target_bands):

@@ -1,0 +1,152 @@
+"""Export folders: plain timm (no arctic_vit import), transformers AutoModel, MAE checkpoints, bad checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import arctic_vit
+from arctic_vit.__main__ import main as cli
+from arctic_vit.hub import ChecksumError, filter_encoder_state_dict
+from arctic_vit.models import STANDARD_CFG_KEYS
+
+NAME = "arctic_mae_vit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def source():
+    torch.manual_seed(1)
+    return timm.create_model(NAME, img_size=64).eval()
+
+
+@pytest.fixture(scope="module")
+def folder(source, tmp_path_factory):
+    return arctic_vit.export_folder(NAME, source, tmp_path_factory.mktemp("export"),
+                                    pretrained_cfg=dict(mean=(0.1, 0.2, 0.3, 0.4), std=(0.2,) * 4))
+
+
+def _mae_checkpoint(encoder: torch.nn.Module) -> dict:
+    """Random-init checkpoint in the official facebookresearch/mae layout (decoder 64-d x 2 blocks)."""
+    state = {k: v.clone() for k, v in encoder.state_dict().items()}
+    dim, dec = encoder.embed_dim, 64
+    state["mask_token"] = torch.randn(1, 1, dec)
+    state["decoder_embed.weight"], state["decoder_embed.bias"] = torch.randn(dec, dim), torch.randn(dec)
+    state["decoder_pos_embed"] = torch.randn(1, encoder.pos_embed.shape[1], dec)
+    for i in range(2):
+        state[f"decoder_blocks.{i}.norm1.weight"] = torch.ones(dec)
+        state[f"decoder_blocks.{i}.attn.qkv.weight"] = torch.randn(3 * dec, dec)
+    state["decoder_norm.weight"] = torch.ones(dec)
+    state["decoder_pred.weight"] = torch.randn(16 * 16 * 4, dec)
+    return {"model": state, "epoch": 799, "args": argparse.Namespace(model="mae_vit_tiny", mask_ratio=0.75)}
+
+
+def test_folder_layout_and_config(folder, source):
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "README.md"}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == "vit_tiny_patch16_224"
+    assert "num_classes" not in config["model_args"]
+    assert config["model_args"] == {"in_chans": 4, "img_size": 64}
+    assert set(config["pretrained_cfg"]) <= STANDARD_CFG_KEYS
+    assert config["arctic_vit"]["bands"] == ["blue", "green", "red", "nir"]
+    assert config["arctic_vit"]["weights_sha256"] == arctic_vit.hub.sha256_file(folder / "model.safetensors")
+
+
+def test_plain_timm_loads_the_folder_without_arctic_vit(folder, source, tmp_path):
+    x = torch.randn(2, 4, 64, 64)
+    torch.save({"x": x, "y": source(x).detach()}, tmp_path / "io.pt")
+    script = textwrap.dedent(f"""
+        import sys, timm, torch
+        io = torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True)
+        model = timm.create_model('local-dir:{folder}', pretrained=True).eval()
+        assert 'arctic_vit' not in sys.modules, 'arctic_vit was imported'
+        assert tuple(model.pretrained_cfg['mean']) == (0.1, 0.2, 0.3, 0.4), model.pretrained_cfg['mean']
+        torch.testing.assert_close(model(io['x']), io['y'], atol=1e-5, rtol=1e-5)
+        print('plain-timm-ok')
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert "plain-timm-ok" in done.stdout, done.stderr[-3000:]
+
+
+def test_transformers_automodel_loads_the_folder(folder, source):
+    from transformers import AutoModel, TimmWrapperModel
+
+    model = AutoModel.from_pretrained(str(folder)).eval()
+    assert isinstance(model, TimmWrapperModel)
+    x = torch.randn(2, 4, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=x).pooler_output, source(x), atol=1e-5, rtol=1e-5)
+
+
+def test_arctic_reload_through_folder(folder, source):
+    model = timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(folder))).eval()
+    x = torch.randn(1, 4, 64, 64)
+    torch.testing.assert_close(model(x), source(x))
+    assert model.pretrained_cfg["mean"] == (0.1, 0.2, 0.3, 0.4)
+
+
+def test_tampered_weights_fail_the_recorded_sha256(folder, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="does not match"):
+        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(copy)))
+
+
+def test_official_mae_checkpoint_exports_via_cli_and_loads_strictly(source, tmp_path, capsys):
+    ckpt = tmp_path / "checkpoint-799.pth"
+    torch.save(_mae_checkpoint(source), ckpt)
+    assert cli(["export", "--model", NAME, "--checkpoint", str(ckpt), "--out", str(tmp_path / "hub"),
+                "--bands", "blue,green,red,nir", "--mean", "0.1,0.1,0.1,0.1", "--std", "0.3,0.3,0.3,0.3",
+                "--bit-depth", "11"]) == 0
+    assert "exported" in capsys.readouterr().out
+    model = timm.create_model(f"local-dir:{tmp_path / 'hub'}", pretrained=True)  # strict load
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_module_prefix_and_safetensors_checkpoint(source, tmp_path):
+    state = {f"module.{k}": v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, tmp_path / "ddp.safetensors")
+    out = arctic_vit.export_folder(NAME, tmp_path / "ddp.safetensors", tmp_path / "hub")
+    model = timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(out)))
+    assert torch.equal(model.cls_token, source.cls_token)
+
+
+def test_a_foreign_key_fails_the_strict_load(source):
+    state = dict(source.state_dict())
+    state["head.weight"] = torch.zeros(3, 192)
+    with pytest.raises(RuntimeError, match="head.weight"):
+        arctic_vit.export_folder(NAME, state, "/nonexistent/should-not-be-written")
+
+
+class Payload:
+    """An arbitrary pickled class: torch.load(weights_only=True) must refuse it."""
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    torch.save({"model": {}, "obj": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="weights_only"):
+        arctic_vit.hub.load_checkpoint(tmp_path / "evil.pth")
+
+
+def test_filter_drops_mae_only_keys(source):
+    filtered = filter_encoder_state_dict(_mae_checkpoint(source))
+    assert set(filtered) == set(source.state_dict())
+    with pytest.raises(ValueError, match="no encoder tensors"):
+        filter_encoder_state_dict({"model": {"mask_token": torch.zeros(1)}})
+
+
+def test_export_needs_matching_band_count(source, tmp_path):
+    with pytest.raises(ValueError, match="4 input bands"):
+        arctic_vit.export_folder(NAME, source, tmp_path, pretrained_cfg=dict(bands=("red", "green", "blue")))

@@ -1,0 +1,122 @@
+"""The arctic family as timm models: every registered name builds, runs, exposes features and a consistent cfg."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import arctic_vit
+from arctic_vit.bands import CANONICAL_BANDS
+from arctic_vit.models import ARCTIC_SIZES, STOCK_ARCHITECTURES
+from arctic_vit.pyramid import default_out_indices
+from arctic_vit.releases import PINS
+
+ARCTIC_MODELS = timm.list_models("arctic*")
+EXPECTED = {
+    "arctic_mae_vit_large_patch16_224", "arctic_mae_vit_large", "arctic_mae_vit_base_patch16_224",
+    "arctic_mae_vit_small_patch16_224", "arctic_mae_vit_tiny_patch16_224",
+}
+
+
+def _size(name: str) -> dict[str, int]:
+    return next(v for k, v in ARCTIC_SIZES.items() if f"_{k}" in name)
+
+
+def test_import_registers_the_family():
+    assert set(ARCTIC_MODELS) == EXPECTED
+    assert set(timm.list_models("arctic*", pretrained=True)) == {f"{a}.mae_arctic" for a in STOCK_ARCHITECTURES}
+
+
+@pytest.mark.parametrize("name", ARCTIC_MODELS)
+def test_forward_backward_finite(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, img_size=32)
+    assert isinstance(model, timm.models.VisionTransformer)
+    assert model.num_classes == 0
+    x = torch.randn(2, 4, 32, 32)
+    out = model(x)
+    assert out.shape == (2, _size(name)["embed_dim"])
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ARCTIC_MODELS)
+def test_features_only_shapes(name):
+    size = _size(name)
+    indices = default_out_indices(size["depth"])
+    model = timm.create_model(name, features_only=True, out_indices=indices, img_size=64)
+    feats = model(torch.randn(1, 4, 64, 64))
+    assert [tuple(f.shape) for f in feats] == [(1, size["embed_dim"], 4, 4)] * 4
+    assert model.feature_info.channels() == [size["embed_dim"]] * 4
+
+
+def test_large_out_indices_are_the_papers():
+    assert default_out_indices(24) == (5, 11, 17, 23)
+
+
+@pytest.mark.parametrize("name", ARCTIC_MODELS)
+def test_pretrained_cfg_consistency(name):
+    model = timm.create_model(name, pretrained=False, img_size=32) if "large" not in name else None
+    cfg = timm.models.get_pretrained_cfg(name if "." in name else _canonical(name) + ".mae_arctic").to_dict()
+    n = cfg["input_size"][0]
+    assert cfg["input_size"] == (4, 224, 224)
+    assert len(cfg["mean"]) == len(cfg["std"]) == len(cfg["bands"]) == n
+    assert set(cfg["bands"]) <= set(CANONICAL_BANDS)
+    assert cfg["bit_depth"] == 11 and cfg["gsd_m"] == 0.5 and cfg["license"] and cfg["paper_name"]
+    pin = PINS[_canonical(name) + ".mae_arctic"]
+    assert (cfg["hf_hub_id"], cfg.get("hf_hub_revision"), cfg.get("sha256")) == (pin.repo_id, pin.revision, pin.sha256)
+    if model is not None:
+        data = timm.data.resolve_model_data_config(model)
+        assert tuple(data["mean"]) == tuple(cfg["mean"]) and tuple(data["std"]) == tuple(cfg["std"])
+        assert data["input_size"][0] == n
+        assert model.pretrained_cfg["bands"] == cfg["bands"]
+
+
+def _canonical(name: str) -> str:
+    return "arctic_mae_vit_large_patch16_224" if name == "arctic_mae_vit_large" else name
+
+
+def test_classifier_pool_and_img_size_options():
+    x = torch.randn(2, 4, 64, 64)
+    clf = timm.create_model("arctic_mae_vit_tiny_patch16_224", num_classes=5, img_size=64)
+    assert clf(x).shape == (2, 5)
+    token = timm.create_model("arctic_mae_vit_tiny_patch16_224", img_size=64).eval()
+    avg = timm.create_model("arctic_mae_vit_tiny_patch16_224", img_size=64, global_pool="avg").eval()
+    avg.load_state_dict(token.state_dict(), strict=False)
+    assert not torch.allclose(token(x), avg(x))
+    assert token.pos_embed.shape == (1, 1 + 16, 192)
+    dynamic = timm.create_model("arctic_mae_vit_tiny_patch16_224", dynamic_img_size=True)
+    assert dynamic(torch.randn(1, 4, 48, 80)).shape == (1, 192)
+
+
+def test_forward_intermediates():
+    model = timm.create_model("arctic_mae_vit_tiny_patch16_224", img_size=64)
+    maps = model.forward_intermediates(torch.randn(1, 4, 64, 64), indices=[2, 5, 8, 11], intermediates_only=True)
+    assert [tuple(m.shape) for m in maps] == [(1, 192, 4, 4)] * 4
+
+
+def test_vit_large_has_the_real_size():
+    """ViT-L/16 built in full (on the meta device: no weights, no init cost), same architecture as stock timm."""
+    with torch.device("meta"):
+        ours = timm.create_model("arctic_mae_vit_large")
+        stock = timm.create_model("vit_large_patch16_224", num_classes=0, in_chans=4)
+    n_ours = sum(p.numel() for p in ours.parameters())
+    assert n_ours == sum(p.numel() for p in stock.parameters())
+    assert abs(n_ours - 303.3e6) < 1e6
+    assert (ours.embed_dim, len(ours.blocks), ours.blocks[0].attn.num_heads) == (1024, 24, 16)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in stock.state_dict().items()}
+
+
+def test_unknown_tag_lists_valid_tags():
+    with pytest.raises(ValueError, match="mae_arctic"):
+        timm.create_model("arctic_mae_vit_tiny_patch16_224.nope")
+
+
+def test_hubconf_entry_points():
+    model = torch.hub.load(str(arctic_vit.__path__[0] + "/.."), "arctic_mae_vit_tiny_patch16_224", source="local",
+                           img_size=32, trust_repo=True)
+    assert model(torch.randn(1, 4, 32, 32)).shape == (1, 192)
