@@ -119,11 +119,14 @@ class _PyramidForDetection(nn.Module):
 
 
 class InstanceSegmentationModel(nn.Module):
-    """torchvision Mask R-CNN on the location-aware pyramid; images are raw DN of exactly ``img_size``."""
+    """torchvision Mask R-CNN on the location-aware pyramid; images are raw DN of exactly ``img_size``.
+
+    ``maskrcnn_kwargs`` go to ``torchvision.models.detection.MaskRCNN`` (proposal counts, detections per image).
+    """
 
     def __init__(self, backbone: Backbone, num_classes: int, img_size: int, pyramid_channels: int = 256,
                  use_latlon: bool = False, freeze_encoder: bool = False,
-                 anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128), detections_per_img: int = 200) -> None:
+                 anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128), **maskrcnn_kwargs) -> None:
         super().__init__()
         features = LocationAwarePyramid(backbone, pyramid_channels, use_latlon, freeze_encoder)
         self.band_indices = features.band_indices  # selected here, before torchvision's transform
@@ -136,7 +139,7 @@ class InstanceSegmentationModel(nn.Module):
             rpn_anchor_generator=AnchorGenerator(tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * 5),
             box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2),
             mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=14, sampling_ratio=2),
-            box_detections_per_img=detections_per_img,
+            **{"box_detections_per_img": 200, **maskrcnn_kwargs},  # e.g. rpn_post_nms_top_n_test for CPU runs
         )
 
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None, latlon: torch.Tensor | None = None):

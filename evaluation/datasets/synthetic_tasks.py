@@ -81,7 +81,8 @@ def ensure_generated(card: DatasetCard) -> DatasetCard:
 
     spec = card.generate
     scenes_dir = resolve_path(spec.get("scenes_dir", card.root.parent / "scenes"))
-    scenes = sorted(scenes_dir.glob("scene_*.tif")) if scenes_dir.is_dir() else []
+    scenes = sorted(p for p in scenes_dir.glob("scene_*.tif") if not p.name.endswith(".labels.tif")) \
+        if scenes_dir.is_dir() else []
     if not scenes:
         scenes = generate_archive(scenes_dir, n_scenes=int(spec.get("scenes", 2)), size=int(spec.get("size", 512)),
                                   seed=int(spec.get("seed", 0)), labels=True)
