@@ -1,0 +1,30 @@
+"""CLI: ``python -m training.curate --config training/configs/curate.yaml input.path=DIR out=DIR [--scheduler tcp://...]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from training.config import add_config_arguments, config_from_args
+from training.curate.pipeline import run_curation
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "curate.yaml"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.curate", description=__doc__)
+    add_config_arguments(parser, DEFAULT_CONFIG)
+    parser.add_argument("--scheduler", default=None,
+                        help="Dask scheduler: 'local' (LocalCluster), 'synchronous', or an address tcp://host:8786")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    if args.scheduler:
+        cfg.setdefault("dask", {})["scheduler"] = args.scheduler
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    manifest = run_curation(cfg)
+    print(manifest)
+
+
+if __name__ == "__main__":
+    main()

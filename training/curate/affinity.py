@@ -1,0 +1,398 @@
+"""Affinity propagation: exact (vectorised float32, batched over partitions) and hierarchical (scalable).
+
+Exact AP follows Frey & Dueck, Science 2007 (responsibility / availability messages, damping, and the usual
+convergence test: the exemplar set unchanged for ``convergence_iter`` iterations). It runs on a batch of equal-sized
+problems at once, ``S: (B, m, m)``, so many small partitions share one set of numpy passes.
+
+Hierarchical AP (the idea of Hi-AP / weighted AP, Zhang et al. 2008-2009; own code): the points are shuffled
+(seeded) and cut into partitions of at most ``partition_size``; exact AP runs inside each partition; the exemplars,
+weighted by the number of points they stand for, are clustered again by *weighted* AP (``s'(i, k) = w_i s(i, k)``),
+recursively until one partition is left. Memory is O(partition_size²) per task and time is linear in n. Every point
+then joins its nearest final exemplar, and ``refine_iter`` medoid steps (for squared Euclidean distances the medoid
+of a cluster is the member nearest its mean) move each exemplar to its cluster's medoid.
+
+Partitions of the first level run as Dask tasks when a ``distributed.Client`` is given; results are identical to a
+local run for the same seed (each task is a pure function of its inputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SIMILARITY_SAMPLE = 200_000
+
+
+def negative_sq_distances(x: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+    """x: (n, d), y: (m, d) -> (n, m) float32 ``-||x_i - y_j||²`` (clipped at 0 against round-off)."""
+    y = x if y is None else y
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.float32)
+    sim = x @ y.T
+    sim *= 2.0
+    sim -= np.einsum("ij,ij->i", x, x)[:, None]
+    sim -= np.einsum("ij,ij->i", y, y)[None, :]
+    np.minimum(sim, 0.0, out=sim)
+    return sim
+
+
+def sample_similarities(x: np.ndarray, n_pairs: int = SIMILARITY_SAMPLE, seed: int = 0) -> np.ndarray:
+    """Similarities of ``n_pairs`` random pairs (i != j) of x: (n, d) -> (n_pairs,)."""
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    i = rng.integers(0, n, n_pairs)
+    j = (i + rng.integers(1, max(n, 2), n_pairs)) % n
+    diff = x[i].astype(np.float32) - x[j].astype(np.float32)
+    return -np.einsum("ij,ij->i", diff, diff)
+
+
+def resolve_preference(
+    x: np.ndarray, preference: str | float = "median", quantile: float = 0.5, seed: int = 0
+) -> float:
+    """``'median'``, ``'quantile'`` (of pairwise similarities) or a number -> the AP preference (a float)."""
+    if isinstance(preference, (int, float)):
+        return float(preference)
+    if preference == "median":
+        quantile = 0.5
+    elif preference != "quantile":
+        raise ValueError(f"preference must be 'median', 'quantile', 'target_k' or a number, got {preference!r}")
+    return float(np.quantile(sample_similarities(x, seed=seed), quantile))
+
+
+@dataclass
+class ExactAPResult:
+    labels: np.ndarray  # (B, m) index of each point's exemplar within its problem
+    n_iter: int
+    converged: np.ndarray  # (B,) bool
+
+
+def exact_ap_batched(
+    similarities: np.ndarray,
+    preference: np.ndarray | float,
+    *,
+    weights: np.ndarray | None = None,
+    self_cost: np.ndarray | None = None,
+    damping: float = 0.7,
+    max_iter: int = 200,
+    convergence_iter: int = 15,
+    seed: int = 0,
+) -> ExactAPResult:
+    """similarities: (B, m, m) float32 (overwritten), preference: scalar or (B,), weights: (B, m) -> labels (B, m).
+
+    ``weights`` (number of points each item stands for) scale the rows: ``s'(i, k) = w_i s(i, k)``;
+    the diagonal becomes ``s'(k, k) = p + self_cost_k`` (``self_cost``: (B, m), default 0).
+    """
+    if not 0.5 <= damping < 1.0:
+        raise ValueError(f"damping must be in [0.5, 1), got {damping}")
+    S = similarities
+    B, m, _ = S.shape
+    diag = np.arange(m)
+    if weights is not None:
+        S *= weights.astype(np.float32)[:, :, None]
+    S[:, diag, diag] = np.broadcast_to(np.asarray(preference, np.float32).reshape(-1, 1), (B, m))
+    if self_cost is not None:
+        S[:, diag, diag] += self_cost.astype(np.float32)
+    # Tiny seeded noise removes degenerate ties (identical points) that would make messages oscillate.
+    rng = np.random.default_rng(seed)
+    scale = np.abs(S).max(axis=(1, 2), keepdims=True) + np.float32(1e-12)
+    S += (rng.random(S.shape, dtype=np.float32) * np.float32(1e-6)) * scale
+    R = np.zeros_like(S)
+    A = np.zeros_like(S)
+    T = np.empty_like(S)
+    rows_b = np.arange(B)[:, None]
+    rows_i = np.arange(m)[None, :]
+    history = np.zeros((B, m, convergence_iter), bool)
+    converged = np.zeros(B, bool)
+    keep, step = np.float32(damping), np.float32(1.0 - damping)
+    it = 0
+    for it in range(max_iter):
+        # responsibilities: r(i,k) = s(i,k) - max_{k' != k} (a(i,k') + s(i,k'))
+        np.add(A, S, out=T)
+        best = T.argmax(axis=2)
+        first = T[rows_b, rows_i, best]
+        T[rows_b, rows_i, best] = -np.inf
+        second = T.max(axis=2)
+        np.subtract(S, first[:, :, None], out=T)
+        T[rows_b, rows_i, best] = S[rows_b, rows_i, best] - second
+        R *= keep
+        T *= step
+        R += T
+        # availabilities: a(i,k) = min(0, r(k,k) + sum_{i' not in {i,k}} max(0, r(i',k))), a(k,k) = sum_{i'!=k} ...
+        np.maximum(R, 0.0, out=T)
+        T[:, diag, diag] = R[:, diag, diag]
+        column = T.sum(axis=1)
+        np.subtract(column[:, None, :], T, out=T)
+        self_avail = T[:, diag, diag].copy()
+        np.minimum(T, 0.0, out=T)
+        T[:, diag, diag] = self_avail
+        A *= keep
+        T *= step
+        A += T
+        exemplar = (A[:, diag, diag] + R[:, diag, diag]) > 0
+        history[:, :, it % convergence_iter] = exemplar
+        if it >= convergence_iter:
+            stable = history.sum(axis=2)
+            converged = ((stable == convergence_iter) | (stable == 0)).all(axis=1) & exemplar.any(axis=1)
+            if converged.all():
+                break
+    exemplar = (A[:, diag, diag] + R[:, diag, diag]) > 0
+    del R, A, T
+    labels = np.empty((B, m), np.int64)
+    for b in range(B):
+        labels[b] = _assign_and_refine(S[b], np.flatnonzero(exemplar[b]))
+    return ExactAPResult(labels=labels, n_iter=it + 1, converged=converged)
+
+
+def _assign_and_refine(S: np.ndarray, exemplars: np.ndarray) -> np.ndarray:
+    """S: (m, m) with preferences on the diagonal, exemplars: (K,) -> labels (m,) = exemplar index per point."""
+    m = S.shape[0]
+    if len(exemplars) == 0:  # no exemplar emerged: one cluster around the best-connected point
+        off = S.copy()
+        np.fill_diagonal(off, 0.0)
+        return np.full(m, int(off.sum(axis=0).argmax()))
+    assign = S[:, exemplars].argmax(axis=1)
+    assign[exemplars] = np.arange(len(exemplars))
+    # as in the reference algorithm: each exemplar becomes the member with the largest summed similarity
+    refined = np.empty_like(exemplars)
+    for k in range(len(exemplars)):
+        members = np.flatnonzero(assign == k)
+        block = S[np.ix_(members, members)]
+        refined[k] = members[block.sum(axis=0).argmax()]
+    assign = S[:, refined].argmax(axis=1)
+    assign[refined] = np.arange(len(refined))
+    return refined[assign]
+
+
+def exact_ap(
+    x: np.ndarray,
+    preference: float,
+    *,
+    weights: np.ndarray | None = None,
+    damping: float = 0.7,
+    max_iter: int = 200,
+    convergence_iter: int = 15,
+    seed: int = 0,
+) -> tuple[np.ndarray, bool, int]:
+    """x: (n, d) -> (labels (n,) exemplar index of each point, converged, n_iter). O(n²) memory (float32)."""
+    S = negative_sq_distances(x)[None]
+    result = exact_ap_batched(
+        S, preference, weights=None if weights is None else weights[None], damping=damping, max_iter=max_iter,
+        convergence_iter=convergence_iter, seed=seed,
+    )
+    return result.labels[0], bool(result.converged[0]), result.n_iter
+
+
+def net_similarity(x: np.ndarray, labels: np.ndarray, preference: float, chunk: int = 65536) -> float:
+    """AP objective: sum_i s(i, e(i)) over non-exemplars + K * preference. x: (n, d), labels: (n,) exemplar index."""
+    exemplars = np.unique(labels)
+    total = float(len(exemplars)) * preference
+    for start in range(0, len(x), chunk):
+        part = x[start : start + chunk].astype(np.float32)
+        diff = part - x[labels[start : start + chunk]].astype(np.float32)
+        total -= float(np.einsum("ij,ij->", diff, diff, dtype=np.float64))
+    return total
+
+
+def _partition_ap(
+    means: np.ndarray,
+    candidates: np.ndarray,
+    weights: np.ndarray,
+    preference: float,
+    partition_size: int,
+    level_seed: int,
+    local_median_floor: bool,
+    ap_kwargs: dict,
+) -> np.ndarray:
+    """One task over items already shuffled -> labels (n,) local exemplar index (into the items).
+
+    means: (n, d) mean of the points each item stands for, candidates: (n, d) the item's exemplar point,
+    weights: (n,) its number of points. ``s'(i, k) = -w_i ||mean_i - x_k||²`` is exact for the points' summed squared
+    distances (up to a constant), so upper levels optimise the same objective as exact AP on all points.
+    """
+    n = len(means)
+    n_parts = max(1, -(-n // partition_size))
+    bounds = np.linspace(0, n, n_parts + 1).astype(np.int64)
+    sizes = np.diff(bounds)
+    labels = np.empty(n, np.int64)
+    budget = 4_000_000  # elements per batched message array (16 MB float32)
+    for size in np.unique(sizes):
+        starts = bounds[:-1][sizes == size]
+        per_batch = max(1, budget // int(size) ** 2)
+        for b0 in range(0, len(starts), per_batch):
+            batch = starts[b0 : b0 + per_batch]
+            idx = batch[:, None] + np.arange(size)[None, :]
+            S = np.stack([negative_sq_distances(means[i], candidates[i]) for i in idx])
+            diag = np.arange(size)
+            self_cost = S[:, diag, diag] * weights[idx]
+            pref = np.full(len(batch), preference, np.float32)
+            if local_median_floor and size > 1:  # keep enough exemplars in each partition (over-cluster)
+                off = S[:, ~np.eye(size, dtype=bool)].reshape(len(batch), -1)
+                pref = np.maximum(pref, np.median(off, axis=1).astype(np.float32))
+            result = exact_ap_batched(
+                S, pref, weights=weights[idx], self_cost=self_cost, seed=level_seed + int(batch[0]), **ap_kwargs
+            )
+            labels[idx] = batch[:, None] + result.labels
+    return labels
+
+
+@dataclass
+class HierarchicalAPResult:
+    labels: np.ndarray  # (n,) final cluster id 0..K-1
+    exemplars: np.ndarray  # (K,) index of each cluster's exemplar in x
+    level_labels: list[np.ndarray] = field(default_factory=list)  # per level: (n,) cluster id, fine -> coarse
+    preference: float = 0.0
+    levels: list[dict] = field(default_factory=list)  # per level: points in, exemplars out, seconds
+
+
+def hierarchical_ap(
+    x: np.ndarray,
+    *,
+    preference: str | float = "median",
+    quantile: float = 0.5,
+    target_k: int | None = None,
+    partition_size: int = 256,
+    damping: float = 0.7,
+    max_iter: int = 200,
+    convergence_iter: int = 15,
+    refine_iter: int = 3,
+    chunk_size: int = 16384,
+    seed: int = 0,
+    client=None,
+    progress: Callable[[int], None] | None = None,
+) -> HierarchicalAPResult:
+    """x: (n, d) -> HierarchicalAPResult. ``client``: a ``distributed.Client`` (None: run here).
+
+    ``preference``: 'median' | 'quantile' | 'target_k' | a number; with 'target_k' the top level searches the
+    preference that gives ``target_k`` clusters (bisection).
+    """
+    import time
+
+    x = np.ascontiguousarray(x, np.float32)
+    n = len(x)
+    if n == 0:
+        return HierarchicalAPResult(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    ap_kwargs = dict(damping=damping, max_iter=max_iter, convergence_iter=convergence_iter)
+    base_pref = resolve_preference(x, "median" if preference == "target_k" else preference, quantile, seed)
+    rng = np.random.default_rng(seed)
+    chunk_size = max(partition_size, (chunk_size // partition_size) * partition_size)
+
+    active = np.arange(n)  # indices (into x) of the items of the current level (each an exemplar point)
+    weights = np.ones(n, np.float64)  # points each active item stands for
+    sums = x.astype(np.float64)  # summed coordinates of those points (only rows of active items are used)
+    owner = np.arange(n)  # owner[i]: the active item that point i is represented by
+    level_labels, levels = [], []
+    level = 0
+    while len(active) > partition_size:
+        t0 = time.perf_counter()
+        order = rng.permutation(len(active))
+        items = active[order]
+        item_w = weights[items]
+        item_means = (sums[items] / item_w[:, None]).astype(np.float32)
+        chunks = [(s, min(s + chunk_size, len(items))) for s in range(0, len(items), chunk_size)]
+        args = [
+            (item_means[a:b], x[items[a:b]], item_w[a:b], base_pref, partition_size,
+             seed * 1_000_003 + level * 7919 + a, level == 0, ap_kwargs)
+            for a, b in chunks
+        ]
+        if client is not None:
+            local = client.gather(client.map(_partition_ap_star, args, pure=False))
+        else:
+            local = [_partition_ap_star(arg) for arg in args]
+        if progress:
+            progress(len(items))
+        exemplar_of_item = np.concatenate([items[a:b][lab] for (a, b), lab in zip(chunks, local)])
+        rep = np.empty(n, np.int64)
+        rep[items] = exemplar_of_item
+        new_active = np.unique(exemplar_of_item)
+        new_weights = np.zeros(n, np.float64)
+        np.add.at(new_weights, exemplar_of_item, item_w)
+        new_sums = np.zeros_like(sums)
+        np.add.at(new_sums, exemplar_of_item, sums[items])
+        owner = rep[owner]
+        level_labels.append(np.unique(owner, return_inverse=True)[1])
+        levels.append(dict(level=level, items=len(active), exemplars=len(new_active), seconds=time.perf_counter() - t0))
+        if len(new_active) > 0.9 * len(active):
+            # no real reduction (a preference far above the data's similarities): use the items' median next
+            base_pref = min(base_pref, float(np.quantile(sample_similarities(x[new_active], seed=seed), 0.5)))
+        active, weights, sums = new_active, new_weights, new_sums
+        level += 1
+
+    t0 = time.perf_counter()
+    top_means = (sums[active] / weights[active][:, None]).astype(np.float32)
+    top_pref, top_labels = _top_level(top_means, x[active], weights[active], base_pref, target_k, ap_kwargs, seed)
+    exemplars = active[np.unique(top_labels)]
+    levels.append(dict(level=level, items=len(active), exemplars=len(exemplars), seconds=time.perf_counter() - t0))
+    exemplars = _refine(x, exemplars, refine_iter)
+    labels = nearest_exemplar(x, exemplars)
+    level_labels.append(labels)
+    return HierarchicalAPResult(labels, exemplars, level_labels, top_pref, levels)
+
+
+def _partition_ap_star(args: tuple) -> np.ndarray:
+    return _partition_ap(*args)
+
+
+def _weighted_ap(means, candidates, weights, preference, ap_kwargs, seed) -> np.ndarray:
+    S = negative_sq_distances(means, candidates)
+    diag = np.arange(len(means))
+    self_cost = (S[diag, diag] * weights)[None]
+    result = exact_ap_batched(S[None], preference, weights=weights[None], self_cost=self_cost, seed=seed, **ap_kwargs)
+    return result.labels[0]
+
+
+def _top_level(
+    means: np.ndarray, candidates: np.ndarray, weights: np.ndarray, preference: float, target_k: int | None,
+    ap_kwargs: dict, seed: int,
+) -> tuple[float, np.ndarray]:
+    """Weighted exact AP over the last level's items; with ``target_k``, bisect the preference."""
+    if target_k is None:
+        return preference, _weighted_ap(means, candidates, weights, preference, ap_kwargs, seed)
+    if target_k >= len(means):
+        return preference, np.arange(len(means))
+    sims = sample_similarities(means, seed=seed)
+    low, high = float(sims.min()) * float(weights.sum()), 0.0  # few clusters .. every item its own
+    best = None
+    for _ in range(30):
+        mid = (low + high) / 2
+        labels = _weighted_ap(means, candidates, weights, mid, ap_kwargs, seed)
+        k = len(np.unique(labels))
+        if best is None or abs(k - target_k) < abs(best[2] - target_k):
+            best = (mid, labels, k)
+        if k == target_k:
+            break
+        if k > target_k:
+            high = mid
+        else:
+            low = mid
+    return best[0], best[1]
+
+
+def nearest_exemplar(x: np.ndarray, exemplars: np.ndarray, chunk: int = 32768) -> np.ndarray:
+    """x: (n, d), exemplars: (K,) indices -> (n,) cluster id 0..K-1 of the nearest exemplar (exemplars map to self)."""
+    centres = x[exemplars]
+    labels = np.empty(len(x), np.int64)
+    for start in range(0, len(x), chunk):
+        labels[start : start + chunk] = negative_sq_distances(x[start : start + chunk], centres).argmax(axis=1)
+    labels[exemplars] = np.arange(len(exemplars))
+    return labels
+
+
+def _refine(x: np.ndarray, exemplars: np.ndarray, n_iter: int) -> np.ndarray:
+    """Medoid steps: each exemplar moves to its cluster member nearest the cluster mean (squared Euclidean)."""
+    for _ in range(n_iter):
+        labels = nearest_exemplar(x, exemplars)
+        counts = np.bincount(labels, minlength=len(exemplars)).astype(np.float64)
+        sums = np.zeros((len(exemplars), x.shape[1]))
+        np.add.at(sums, labels, x)
+        means = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+        diff = x - means[labels]
+        dist = np.einsum("ij,ij->i", diff, diff)
+        order = np.lexsort((dist, labels))
+        first = np.searchsorted(labels[order], np.arange(len(exemplars)))
+        moved = order[first]
+        if np.array_equal(np.sort(moved), np.sort(exemplars)):
+            break
+        exemplars = moved
+    return exemplars

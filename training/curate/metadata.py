@@ -1,0 +1,175 @@
+"""Acquisition metadata: Maxar/Vantor-style ``.IMD`` and ``.XML`` sidecars, and catalog tables (CSV/Parquet).
+
+Every field may be missing; what is missing or unparsable is recorded in ``issues`` (never a crash, never silent).
+Precedence: ``.IMD`` > ``.XML`` > catalog row (the catalog fills only the fields the sidecars lack).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+FIELDS = ("sensor", "acquired", "sun_elevation", "sun_azimuth", "off_nadir", "cloud_cover", "gsd_m", "lat", "lon")
+NUMERIC_FIELDS = ("sun_elevation", "sun_azimuth", "off_nadir", "cloud_cover", "gsd_m", "lat", "lon")
+KNOWN_SENSORS = ("WV01", "WV02", "WV03", "WV04", "GE01", "QB02", "IK01")
+
+# vendor key (IMD, case-insensitive; XML tags are the same names upper-cased) -> our field
+_VENDOR_KEYS = {
+    "satid": "sensor",
+    "firstlinetime": "acquired",
+    "meansunel": "sun_elevation",
+    "meansunaz": "sun_azimuth",
+    "meanoffnadirviewangle": "off_nadir",
+    "cloudcover": "cloud_cover",
+    "meancollectedgsd": "gsd_m",
+}
+# catalog column aliases -> our field
+_CATALOG_KEYS = {
+    **_VENDOR_KEYS,
+    "sat_id": "sensor", "sensor": "sensor", "platform": "sensor",
+    "acquired": "acquired", "acquisition_time": "acquired", "first_line_time": "acquired", "datetime": "acquired",
+    "sun_elevation": "sun_elevation", "mean_sun_el": "sun_elevation",
+    "sun_azimuth": "sun_azimuth", "mean_sun_az": "sun_azimuth",
+    "off_nadir": "off_nadir", "mean_off_nadir": "off_nadir",
+    "cloud_cover": "cloud_cover", "gsd_m": "gsd_m", "gsd": "gsd_m", "lat": "lat", "lon": "lon",
+}
+_IMD_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*;?\s*$")
+
+
+@dataclass
+class AcquisitionMeta:
+    sensor: str | None = None
+    acquired: str | None = None  # ISO 8601, UTC
+    sun_elevation: float = math.nan
+    sun_azimuth: float = math.nan
+    off_nadir: float = math.nan
+    cloud_cover: float = math.nan  # fraction 0..1
+    gsd_m: float = math.nan
+    lat: float = math.nan
+    lon: float = math.nan
+    issues: list[str] = field(default_factory=list)
+
+    def fill_from(self, values: dict[str, object], source: str) -> None:
+        """Set the fields still missing from ``values`` (already mapped to our names), recording parse failures."""
+        for name, raw in values.items():
+            if _is_set(getattr(self, name)):
+                continue
+            try:
+                setattr(self, name, _parse_field(name, raw))
+            except (TypeError, ValueError):
+                self.issues.append(f"{source}_unparsable:{name}")
+
+
+def _is_set(value: object) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _parse_field(name: str, raw: object) -> object:
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        return None if name in ("sensor", "acquired") else math.nan
+    text = str(raw).strip().strip('"').strip()
+    if name == "sensor":
+        if not re.fullmatch(r"[A-Za-z0-9_-]{2,16}", text):
+            raise ValueError(text)
+        return text.upper()
+    if name == "acquired":
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        return when.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    if name == "cloud_cover" and value > 1.0:  # some products give percent
+        value /= 100.0
+    return value
+
+
+def parse_imd(path: Path) -> dict[str, str]:
+    """``.IMD`` (ODL ``key = value;``) -> {our field: raw text}. Keys of the first IMAGE group win."""
+    found: dict[str, str] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        match = _IMD_LINE.match(line)
+        if not match:
+            continue
+        key = _VENDOR_KEYS.get(match.group(1).lower())
+        if key and key not in found:
+            found[key] = match.group(2)
+    return found
+
+
+def parse_xml(path: Path) -> dict[str, str]:
+    """Maxar ``.XML`` (``isd/IMD/IMAGE/*``) -> {our field: raw text}."""
+    root = ET.parse(path).getroot()
+    found: dict[str, str] = {}
+    for element in root.iter():
+        key = _VENDOR_KEYS.get(element.tag.lower())
+        if key and key not in found and element.text is not None:
+            found[key] = element.text
+    return found
+
+
+def _sidecar(path: Path, suffixes: tuple[str, ...]) -> Path | None:
+    for suffix in suffixes:
+        candidate = path.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_acquisition(path: Path, catalog_row: dict[str, object] | None = None) -> AcquisitionMeta:
+    """Metadata of the scene at ``path`` from its sidecars and an optional catalog row."""
+    meta = AcquisitionMeta()
+    imd = _sidecar(path, (".IMD", ".imd"))
+    if imd is not None:
+        try:
+            values = parse_imd(imd)
+            if not values:
+                meta.issues.append("imd_no_fields")
+            meta.fill_from(values, "imd")
+        except (OSError, UnicodeError) as err:
+            meta.issues.append(f"imd_unreadable:{type(err).__name__}")
+    xml = _sidecar(path, (".XML", ".xml"))
+    if xml is not None:
+        try:
+            meta.fill_from(parse_xml(xml), "xml")
+        except (OSError, ET.ParseError) as err:
+            meta.issues.append(f"xml_unreadable:{type(err).__name__}")
+    if catalog_row:
+        mapped = {_CATALOG_KEYS[k.lower()]: v for k, v in catalog_row.items() if k.lower() in _CATALOG_KEYS}
+        meta.fill_from(mapped, "catalog")
+    if imd is None and xml is None and not catalog_row:
+        meta.issues.append("no_metadata")
+    else:
+        required = ("sensor", "acquired", "sun_elevation", "off_nadir")
+        meta.issues.extend(f"missing:{name}" for name in required if not _is_set(getattr(meta, name)))
+    return meta
+
+
+def load_catalog(path: str | Path | None) -> dict[str, dict[str, object]]:
+    """Catalog CSV/Parquet -> {key: row}, keyed by file name and by stem (columns ``path``/``scene``/``scene_id``)."""
+    if not path:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"catalog not found: {path}")
+    table = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+    key_column = next((c for c in ("path", "scene", "scene_id", "file", "filename") if c in table.columns), None)
+    if key_column is None:
+        raise ValueError(f"catalog {path} needs a 'path', 'scene' or 'scene_id' column; has {list(table.columns)}")
+    rows: dict[str, dict[str, object]] = {}
+    for row in table.to_dict(orient="records"):
+        key = Path(str(row[key_column]))
+        rows.setdefault(key.name, row)
+        rows.setdefault(key.stem, row)
+    return rows
+
+
+def catalog_row_for(catalog: dict[str, dict[str, object]], path: Path) -> dict[str, object] | None:
+    return catalog.get(path.name) or catalog.get(path.stem)

@@ -1,0 +1,222 @@
+"""``run_curation(cfg) -> manifest path``: tile -> descriptors -> cluster -> select -> manifest + report.
+
+Sources are processed as Dask tasks (one per scene) and cached under ``<out>/cache/scenes`` keyed by the file
+(path, size, mtime) and the tiling/descriptor settings, so a re-run skips finished scenes. Every task is a pure
+function of its inputs and results are put back in source order, so the manifest does not depend on the scheduler,
+on task completion order, or on a worker dying mid-run (Dask re-runs its tasks elsewhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from training.config import write_resolved
+from training.curate.affinity import hierarchical_ap
+from training.curate.descriptors import DESCRIPTOR_NAMES, standardise
+from training.curate.kmeans import hierarchical_kmeans
+from training.curate.metadata import catalog_row_for, load_catalog
+from training.curate.report import write_report
+from training.curate.select import duplicate_mask, select
+from training.curate.tiling import SceneResult, Source, discover, process_scene
+
+log = logging.getLogger(__name__)
+MANIFEST_NAME = "manifest.parquet"
+CACHE_VERSION = "1"
+
+
+@contextlib.contextmanager
+def dask_client(dask_cfg: dict):
+    """'synchronous' -> None (run here); 'local' -> a LocalCluster; an address (tcp://...) -> a Client to it."""
+    scheduler = str(dask_cfg.get("scheduler") or "synchronous")
+    if scheduler in ("synchronous", "none", "sync"):
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler == "local":
+        cluster = LocalCluster(
+            n_workers=int(dask_cfg.get("n_workers", 2)), threads_per_worker=int(dask_cfg.get("threads_per_worker", 1)),
+            processes=True, memory_limit=dask_cfg.get("memory_limit", "2GiB"), dashboard_address=None,
+        )
+        with cluster, Client(cluster) as client:
+            yield client
+    elif "://" in scheduler:
+        with Client(scheduler) as client:
+            yield client
+    else:
+        raise ValueError(f"dask.scheduler must be 'local', 'synchronous' or an address (tcp://host:8786): {scheduler}")
+
+
+def _inputs(cfg: dict) -> list[str]:
+    raw = cfg["input"].get("path")
+    if not raw:
+        raise ValueError("input.path is not set (a folder, a file or a list of them): add input.path=DIR")
+    return [str(p) for p in (raw if isinstance(raw, list) else [raw])]
+
+
+def _cache_key(source: Source, cfg: dict, catalog_row: dict | None) -> str:
+    stat = os.stat(source.path)
+    relevant = {k: cfg[k] for k in ("input", "tiling", "descriptors")}
+    relevant["tiling"] = {k: v for k, v in relevant["tiling"].items() if k != "prefetch"}
+    relevant["input"] = {k: v for k, v in relevant["input"].items() if k not in ("path", "catalog")}
+    payload = json.dumps([CACHE_VERSION, source, stat.st_size, stat.st_mtime_ns, relevant, catalog_row],
+                         sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()[:20]
+
+
+def _load_cached(cache: Path, key: str) -> SceneResult | None:
+    rows_path, desc_path = cache / f"{key}.parquet", cache / f"{key}.npy"
+    if not (rows_path.exists() and desc_path.exists()):
+        return None
+    rows = pd.read_parquet(rows_path).to_dict(orient="records")
+    return SceneResult(rows=rows, descriptors=np.load(desc_path, allow_pickle=False))
+
+
+def _store_cached(cache: Path, key: str, result: SceneResult) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f"{key}.tmp"
+    np.save(tmp.with_suffix(".tmp.npy"), result.descriptors, allow_pickle=False)
+    pd.DataFrame(result.rows).to_parquet(tmp.with_suffix(".tmp.parquet"), index=False)
+    os.replace(tmp.with_suffix(".tmp.npy"), cache / f"{key}.npy")
+    os.replace(tmp.with_suffix(".tmp.parquet"), cache / f"{key}.parquet")
+
+
+def _process_sources(sources: list[Source], cfg: dict, catalog: dict, out: Path, client) -> list[SceneResult]:
+    from tqdm.auto import tqdm
+
+    cache = out / "cache" / "scenes"
+    results: list[SceneResult | None] = [None] * len(sources)
+    todo = []
+    for i, source in enumerate(sources):
+        row = catalog_row_for(catalog, Path(source.path))
+        key = _cache_key(source, cfg, row)
+        results[i] = _load_cached(cache, key)
+        if results[i] is None:
+            todo.append((i, source, row, key))
+    if len(sources) - len(todo):
+        log.info("skipping %d finished scenes (cached)", len(sources) - len(todo))
+    bar = tqdm(total=len(todo), desc="scenes", unit="scene", disable=not cfg.get("progress", True))
+    if client is None:
+        for i, source, row, key in todo:
+            results[i] = process_scene(source, cfg, row)
+            _store_cached(cache, key, results[i])
+            bar.update()
+    else:
+        from distributed import as_completed
+
+        futures = {client.submit(process_scene, s, cfg, row, pure=False): (i, key) for i, s, row, key in todo}
+        for future in as_completed(futures):
+            i, key = futures[future]
+            results[i] = future.result()
+            _store_cached(cache, key, results[i])
+            bar.update()
+    bar.close()
+    return results
+
+
+def _cluster(x: np.ndarray, cfg: dict, client) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], dict]:
+    method = cfg["cluster"].get("method", "ap")
+    seed = int(cfg.get("seed", 0))
+    t0 = time.perf_counter()
+    if method == "ap":
+        ap = dict(cfg["cluster"]["ap"])
+        result = hierarchical_ap(
+            x, preference=ap.get("preference", "median"), quantile=float(ap.get("quantile", 0.5)),
+            target_k=ap.get("target_k"), partition_size=int(ap.get("partition_size", 256)),
+            damping=float(ap.get("damping", 0.7)), max_iter=int(ap.get("max_iter", 200)),
+            convergence_iter=int(ap.get("convergence_iter", 15)), refine_iter=int(ap.get("refine_iter", 3)),
+            chunk_size=int(ap.get("chunk_size", 16384)), seed=seed, client=client,
+        )
+        info = dict(method="ap", preference=result.preference, levels=result.levels)
+    elif method == "kmeans":
+        result = hierarchical_kmeans(x, cfg["cluster"].get("kmeans", {}).get("levels"), seed=seed)
+        info = dict(method="kmeans", levels=result.levels)
+    else:
+        raise ValueError(f"cluster.method must be 'ap' or 'kmeans', got {method!r}")
+    info["seconds"] = time.perf_counter() - t0
+    return result.labels, result.exemplars, result.level_labels, info
+
+
+def run_curation(cfg: dict) -> Path:
+    """Run every stage for ``cfg`` (see training/configs/curate.yaml) -> path of ``manifest.parquet``."""
+    t_start = time.perf_counter()
+    out = Path(cfg.get("out") or "outputs/curate").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    write_resolved(cfg, out)
+    inputs = _inputs(cfg)
+    sources = discover(inputs, list(cfg["input"]["patterns"]), list(cfg["input"].get("exclude") or []))
+    if not sources:
+        raise FileNotFoundError(f"no input files matching {cfg['input']['patterns']} under {inputs}")
+    catalog = load_catalog(cfg["input"].get("catalog"))
+    seed = int(cfg.get("seed", 0))
+    with dask_client(cfg.get("dask", {})) as client:
+        t0 = time.perf_counter()
+        results = _process_sources(sources, cfg, catalog, out, client)
+        t_tiles = time.perf_counter() - t0
+        manifest = pd.DataFrame([row for r in results for row in r.rows])
+        raw = np.concatenate([r.descriptors for r in results if r.descriptors is not None and len(r.descriptors)]
+                             or [np.zeros((0, len(DESCRIPTOR_NAMES)), np.float32)])
+        accepted = np.flatnonzero(manifest["reject_reason"].isna().to_numpy())
+        if len(accepted) != len(raw):
+            raise RuntimeError(f"internal: {len(accepted)} accepted chips but {len(raw)} descriptors")
+        if cfg["select"].get("dedup", True) and len(raw):
+            keys = [h.encode() + d.tobytes() for h, d in zip(manifest["content_hash"].to_numpy()[accepted], raw)]
+            dup = duplicate_mask(keys)
+            manifest.loc[accepted[dup], "reject_reason"] = "duplicate"
+            accepted, raw = accepted[~dup], raw[~dup]
+        x, stats = standardise(raw, cfg["descriptors"].get("weights"))
+        labels, exemplars, level_labels, cluster_info = (
+            _cluster(x, cfg, client) if len(x) else (np.zeros(0, int), np.zeros(0, int), [], {"method": "none"})
+        )
+    within = cfg["select"].get("within", "closest")
+    chosen = select(x, labels, exemplars, int(cfg["select"]["budget"]), within=within,
+                    finer_levels=level_labels[:-1], seed=seed)
+    manifest = _annotate(manifest, accepted, labels, exemplars, level_labels, chosen)
+    manifest_path = out / MANIFEST_NAME
+    manifest.to_parquet(manifest_path, index=False)
+    descriptors = pd.DataFrame(raw, columns=DESCRIPTOR_NAMES)
+    descriptors.insert(0, "chip_id", manifest["chip_id"].to_numpy()[accepted])
+    descriptors.to_parquet(out / "descriptors.parquet", index=False)
+    (out / "descriptor_stats.json").write_text(json.dumps(stats))
+    info = dict(timings_s=dict(tiles_and_descriptors=t_tiles, cluster=cluster_info.pop("seconds", 0.0),
+                               total=time.perf_counter() - t_start),
+                cluster=cluster_info, budget=int(cfg["select"]["budget"]), within=within)
+    write_report(out, manifest, x, info, figures=bool(cfg.get("report", {}).get("figures", True)),
+                 mosaic_clusters=int(cfg.get("report", {}).get("mosaic_clusters", 8)), seed=seed)
+    return manifest_path
+
+
+def _annotate(manifest: pd.DataFrame, accepted: np.ndarray, labels: np.ndarray, exemplars: np.ndarray,
+              level_labels: list[np.ndarray], chosen: np.ndarray) -> pd.DataFrame:
+    """Add cluster ids per level (fine -> coarse; -1 for rejected chips), final cluster, exemplar and selected flags."""
+    n = len(manifest)
+    for level, ids in enumerate(level_labels):
+        column = np.full(n, -1, np.int64)
+        column[accepted] = ids
+        manifest[f"cluster_l{level}"] = column
+    cluster = np.full(n, -1, np.int64)
+    cluster[accepted] = labels
+    manifest["cluster"] = cluster
+    is_exemplar = np.zeros(n, bool)
+    is_exemplar[accepted[exemplars]] = True
+    manifest["is_exemplar"] = is_exemplar
+    selected = np.zeros(n, bool)
+    selected[accepted[chosen]] = True
+    manifest["selected"] = selected
+    order = ["chip_id", "source_path", "scene_id", "row_off", "col_off", "height", "width", "band_count", "bands",
+             "bit_depth", "crs", "center_x", "center_y", "lat", "lon", "sensor", "acquired", "sun_elevation",
+             "off_nadir", "cloud_cover", "gsd_m"]
+    rest = [c for c in manifest.columns if c not in order]
+    manifest = manifest[order + rest]
+    for column in ("row_off", "col_off", "height", "width", "band_count", "bit_depth"):
+        manifest[column] = manifest[column].astype(np.int64)
+    return manifest
