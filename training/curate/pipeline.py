@@ -21,7 +21,7 @@ import pandas as pd
 
 from training.config import write_resolved
 from training.curate.affinity import hierarchical_ap
-from training.curate.descriptors import DESCRIPTOR_NAMES, standardise
+from training.curate.descriptors import DESCRIPTOR_NAMES, METADATA_NAMES, standardise
 from training.curate.kmeans import hierarchical_kmeans
 from training.curate.metadata import catalog_row_for, load_catalog
 from training.curate.report import write_report
@@ -169,7 +169,8 @@ def run_curation(cfg: dict) -> Path:
         if len(accepted) != len(raw):
             raise RuntimeError(f"internal: {len(accepted)} accepted chips but {len(raw)} descriptors")
         if cfg["select"].get("dedup", True) and len(raw):
-            keys = [h.encode() + d.tobytes() for h, d in zip(manifest["content_hash"].to_numpy()[accepted], raw)]
+            pixel_part = raw[:, : len(DESCRIPTOR_NAMES) - len(METADATA_NAMES)]  # same pixels, whatever the metadata
+            keys = [h.encode() + d.tobytes() for h, d in zip(manifest["content_hash"].to_numpy()[accepted], pixel_part)]
             dup = duplicate_mask(keys)
             manifest.loc[accepted[dup], "reject_reason"] = "duplicate"
             accepted, raw = accepted[~dup], raw[~dup]

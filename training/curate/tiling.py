@@ -104,7 +104,7 @@ def _source_reject(source: Source, reason: str, **extra) -> SceneResult:
     row = empty_row(source)
     row.update(extra)
     row["reject_reason"] = reason
-    return SceneResult(rows=[row], descriptors=None)
+    return SceneResult(rows=[row], descriptors=np.zeros((0, len(DESCRIPTOR_NAMES)), np.float32))
 
 
 def empty_row(source: Source) -> dict:

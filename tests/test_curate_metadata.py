@@ -1,0 +1,66 @@
+"""Sidecar and catalog metadata: parsed fields, and recorded issues for missing or garbled input."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from training.curate.metadata import catalog_row_for, load_catalog, read_acquisition
+from training.synthetic import generate_archive
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return generate_archive(tmp_path_factory.mktemp("meta"), n_scenes=2, size=256, seed=5, labels=False)
+
+
+def test_imd_and_xml_fields(scenes):
+    catalog = pd.read_csv(scenes[0].parent / "catalog.csv")
+    for path in scenes:
+        meta = read_acquisition(path)
+        expected = catalog[catalog.path == path.name].iloc[0]
+        assert meta.sensor == expected.sat_id
+        assert meta.acquired.startswith(expected.first_line_time[:19]) and meta.acquired.endswith("Z")
+        assert meta.sun_elevation == pytest.approx(expected.mean_sun_el)
+        assert meta.off_nadir == pytest.approx(expected.mean_off_nadir)
+        assert meta.cloud_cover == pytest.approx(expected.cloud_cover)
+        assert meta.issues == []
+    path = scenes[0]  # scene 0 has both; the XML alone gives the same fields
+    path.with_suffix(".IMD").rename(path.with_suffix(".imd.bak"))
+    try:
+        assert read_acquisition(path).sensor == catalog.sat_id[0]
+    finally:
+        path.with_suffix(".imd.bak").rename(path.with_suffix(".IMD"))
+
+
+def test_garbled_and_missing_metadata_are_recorded(tmp_path):
+    scene = tmp_path / "x.tif"
+    assert read_acquisition(scene).issues == ["no_metadata"]
+    scene.with_suffix(".IMD").write_bytes(b"\x00\xff garbage \x89PNG\r\n")
+    meta = read_acquisition(scene)
+    assert "imd_no_fields" in meta.issues and "missing:sensor" in meta.issues
+    scene.with_suffix(".IMD").write_text('satId = "WV02";\nmeanSunEl = high;\ncloudCover = 35;\nfirstLineTime = bad;\n')
+    meta = read_acquisition(scene)
+    assert meta.sensor == "WV02" and math.isnan(meta.sun_elevation)
+    assert {"imd_unparsable:sun_elevation", "imd_unparsable:acquired"} <= set(meta.issues)
+    assert meta.cloud_cover == pytest.approx(0.35), "percent cloud cover is read as a fraction"
+    scene.with_suffix(".XML").write_text("<isd><IMD><IMAGE><MEANSUNEL>33.5</MEANSUNEL>")  # truncated XML
+    meta = read_acquisition(scene)
+    assert any(issue.startswith("xml_unreadable") for issue in meta.issues)
+
+
+def test_catalog_fills_missing_fields(tmp_path):
+    table = tmp_path / "catalog.parquet"
+    pd.DataFrame({"scene_id": ["x"], "sensor": ["GE01"], "acquired": ["2020-07-01T12:00:00"],
+                  "sun_elevation": [40.0], "off_nadir": [10.0], "lat": [70.0], "lon": [-150.0]}).to_parquet(table)
+    catalog = load_catalog(table)
+    scene = tmp_path / "x.tif"
+    scene.with_suffix(".IMD").write_text('satId = "WV03";\n')
+    meta = read_acquisition(scene, catalog_row_for(catalog, scene))
+    assert meta.sensor == "WV03", "the sidecar wins over the catalog"
+    assert meta.sun_elevation == 40.0 and meta.acquired == "2020-07-01T12:00:00Z" and meta.lat == 70.0
+    with pytest.raises(ValueError, match="scene_id"):
+        pd.DataFrame({"name": ["x"]}).to_csv(tmp_path / "bad.csv")
+        load_catalog(tmp_path / "bad.csv")
