@@ -38,6 +38,7 @@ class ArcticSmpEncoder(nn.Module, EncoderMixin):
         super().__init__()
         if depth != 5 or output_stride != 32:
             raise ValueError(f"arctic smp encoders support depth=5 and output_stride=32, got {depth}, {output_stride}")
+        model_kwargs.setdefault("dynamic_img_size", True)  # any input size that is a multiple of 16
         vit = timm.create_model(model_name, pretrained=False, **model_kwargs)
         self.encoder = ViTPyramidEncoder(vit, out_indices=out_indices, out_channels=pyramid_channels)
         self._depth = depth

@@ -126,7 +126,7 @@ def test_module_prefix_and_safetensors_checkpoint(source, tmp_path):
 def test_a_foreign_key_fails_the_strict_load(source):
     state = dict(source.state_dict())
     state["head.weight"] = torch.zeros(3, 192)
-    with pytest.raises(RuntimeError, match="head.weight"):
+    with pytest.raises(RuntimeError, match=r"head\.weight"):
         arctic_vit.export_folder(NAME, state, "/nonexistent/should-not-be-written")
 
 
