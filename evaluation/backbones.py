@@ -112,7 +112,8 @@ def build_backbone(
     """The backbone ``name`` for ``card``'s data at ``img_size`` (see module doc for ``weights``/``normalization``).
 
     ``arch`` replaces the timm architecture of an ImageNet or random backbone (e.g. ``vit_tiny_patch16_224`` in
-    CPU tests); it cannot be combined with published weights.
+    CPU tests; for Prithvi with ``weights='none'`` the random checkpoint takes that shape); it cannot be combined
+    with published weights.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}")
@@ -172,10 +173,13 @@ def build_backbone(
     # prithvi_eo2_300m
     from evaluation.prithvi import load_prithvi_checkpoint, prithvi_to_timm, random_prithvi_checkpoint
 
-    if weights == "none":
-        dims = dict(embed_dim=64, depth=4, num_heads=4) if arch == "tiny" else {}
+    if weights == "none":  # the official layout, random values; ``arch`` (a timm ViT) shrinks it for CPU tests
+        dims = dict(embed_dim=1024, depth=24, num_heads=prithvi_num_heads)
+        if arch:
+            shape = timm.create_model(arch, pretrained=False, num_classes=0)
+            dims = dict(embed_dim=shape.embed_dim, depth=len(shape.blocks), num_heads=shape.blocks[0].attn.num_heads)
         state = random_prithvi_checkpoint(decoder_depth=1, **dims)
-        heads = dims.get("num_heads", prithvi_num_heads)
+        heads = dims["num_heads"]
     else:
         if weights == "hub":
             from huggingface_hub import hf_hub_download
