@@ -151,9 +151,13 @@ def _bar_chart(rows: list[dict], path: Path, first: dict) -> None:
     plt.close(fig)
 
 
-def _display(image: np.ndarray, max_value: float) -> np.ndarray:
-    """(C, H, W) DN -> (H, W, 3) in [0, 1], first three bands, 2-98 % stretch."""
-    rgb = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
+def _display(image: np.ndarray, bands: Sequence[str]) -> np.ndarray:
+    """(C, H, W) DN -> (H, W, 3) in [0, 1]: red, green, blue if present, else the first 3 bands; 2-98 % stretch."""
+    bands = list(bands)
+    if all(b in bands for b in ("red", "green", "blue")):
+        rgb = image[[bands.index(b) for b in ("red", "green", "blue")]]
+    else:
+        rgb = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
     rgb = np.moveaxis(rgb.astype(np.float64), 0, -1)
     low, high = np.percentile(rgb, [2, 98])
     return np.clip((rgb - low) / max(high - low, 1e-6), 0, 1)
@@ -170,13 +174,13 @@ def _panels(run_dirs: dict[str, list[Path]], path: Path, num_classes: int) -> No
     k = num_classes - 1
     for i in range(n):
         mask = np.where(first["masks"][i] == 255, np.nan, first["masks"][i])
-        axes[i, 0].imshow(_display(first["images"][i], float(first["max_value"])))
+        axes[i, 0].imshow(_display(first["images"][i], first["card_bands"].tolist()))
         axes[i, 1].imshow(mask, vmin=0, vmax=k, cmap="viridis", interpolation="nearest")
         for j, (backbone, data) in enumerate(previews.items()):
             axes[i, 2 + j].imshow(data["preds"][i], vmin=0, vmax=k, cmap="viridis", interpolation="nearest")
             if i == 0:
                 axes[0, 2 + j].set_title(backbone, fontsize=7)
-    axes[0, 0].set_title("image (first 3 bands)", fontsize=7)
+    axes[0, 0].set_title("image (RGB or first 3 bands)", fontsize=7)
     axes[0, 1].set_title("ground truth", fontsize=7)
     for ax in axes.ravel():
         ax.set_axis_off()
