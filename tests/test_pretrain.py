@@ -1,0 +1,158 @@
+"""training.pretrain: logging/checkpoint outputs, exact resume after SIGKILL (1 process and torchrun x 2), NaN stop,
+and the ViT-L paper recipe running 2 steps on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_pack import make_chip_folder
+from training.checkpoint import list_checkpoints, load_checkpoint
+from training.config import load_config
+from training.mae import MaskedAutoencoder
+from training.pack import pack
+from training.pretrain import NonFiniteLossError, pretrain
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "training" / "configs"
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pretrain")
+    make_chip_folder(root / "chips", count=16, size=40)
+    pack(root / "shards", chip_dir=root / "chips", bands=["nir", "green", "red"], shard_size=6)
+    return root / "shards"
+
+
+def tiny_overrides(shards: Path, out_dir: Path, **extra) -> list[str]:
+    """A 2-epoch tiny-ViT run on 32 px crops: 16 chips / (batch 2 x accumulation 2) = 4 steps per epoch."""
+    values = {
+        "data.shards": shards, "data.img_size": 32, "data.batch_size": 2, "data.num_workers": 0,
+        "data.shuffle_buffer": 5, "model.decoder_embed_dim": 32, "model.decoder_depth": 1,
+        "model.decoder_num_heads": 2, "optim.epochs": 2, "optim.warmup_epochs": 1, "optim.lr": 1e-3,
+        "optim.accum_iter": 2, "optim.clip_grad": 1.0, "run.out_dir": out_dir, "run.precision": "fp32",
+        "run.threads": 1, "run.ckpt_every_steps": 3, "run.keep_last": 2, "run.log_every": 1, "run.vis_every": 4,
+        "run.vis_count": 2, "run.progress": False,
+    }
+    values.update(extra)
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def run_cli(args: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [*(launcher or [sys.executable]), "-m", "training.pretrain",
+               "--config", str(CONFIGS / "pretrain_demo.yaml"), *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+
+
+def assert_same_training_state(a: Path, b: Path) -> None:
+    first, second = load_checkpoint(a), load_checkpoint(b)
+    assert first["step"] == second["step"]
+    for key, tensor in first["model"].items():
+        assert torch.equal(tensor, second["model"][key]), key
+    for param_id, state in first["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, second["optimizer"]["state"][param_id][name]), (param_id, name)
+    assert first["scheduler"] == second["scheduler"]
+    assert torch.equal(first["rng"][0]["torch"], second["rng"][0]["torch"])
+
+
+def test_run_writes_logs_png_and_safe_checkpoints(shards, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(tiny_overrides(shards, out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lr = blr" in result.stderr and "effective batch 4" in result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 8 and summary["steps_per_epoch"] == 4 and summary["accum"] == 2
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 9))
+    assert metrics[0]["lr"] < metrics[3]["lr"]  # per-iteration warmup over the first epoch
+    assert all(m["img_per_s"] > 0 for m in metrics)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (out / "vis").iterdir()) == ["step_00000004.png", "step_00000008.png"]
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["checkpoint-00000006.pt",
+                                                                       "checkpoint-00000008.pt"]  # keep last 2
+    state = torch.load(out / "checkpoints" / "checkpoint-00000008.pt", weights_only=True)
+    assert set(state) >= {"model", "optimizer", "scheduler", "scaler", "rng", "data_position", "step", "config"}
+    assert state["data_position"] == {"epoch": 2, "samples_per_rank": 0, "world_size": 1, "batch_size": 2,
+                                      "accum": 2}
+    assert (out / "resolved_config.yaml").is_file()
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(shards, tmp_path):
+    straight = run_cli(tiny_overrides(shards, tmp_path / "straight", **{"data.num_workers": 1}))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    interrupted = tiny_overrides(shards, tmp_path / "killed", **{"data.num_workers": 1})
+    killed = run_cli([*interrupted, "run.kill_at_step=5"])
+    assert killed.returncode == -signal.SIGKILL
+    assert [p.name for p in list_checkpoints(tmp_path / "killed" / "checkpoints")] == ["checkpoint-00000003.pt"]
+    resumed = run_cli(interrupted)  # resumes from step 3 (epoch 0, 12 of 16 samples) and crosses the epoch
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    assert_same_training_state(tmp_path / "straight" / "checkpoints" / "checkpoint-00000008.pt",
+                               tmp_path / "killed" / "checkpoints" / "checkpoint-00000008.pt")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_sigkill_then_resume_is_bit_identical(shards, tmp_path):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    extra = {"optim.accum_iter": 1}  # 16 chips / (2 ranks x batch 2) = 4 steps per epoch
+    straight = run_cli(tiny_overrides(shards, tmp_path / "straight", **extra), launcher)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    interrupted = tiny_overrides(shards, tmp_path / "killed", **extra)
+    killed = run_cli([*interrupted, "run.kill_at_step=5"], launcher)
+    assert killed.returncode != 0
+    resumed = run_cli(interrupted, launcher)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = tmp_path / "killed" / "checkpoints" / "checkpoint-00000008.pt"
+    assert_same_training_state(tmp_path / "straight" / "checkpoints" / "checkpoint-00000008.pt", final)
+    state = load_checkpoint(final)
+    assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+
+
+def test_non_finite_loss_stops_with_a_last_good_checkpoint(shards, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = MaskedAutoencoder.forward_loss
+
+    def loss_turning_nan(self, *args):
+        calls["n"] += 1
+        loss = original(self, *args)
+        return loss * float("nan") if calls["n"] == 5 else loss  # 3rd optimizer step (2 micro-batches each)
+
+    monkeypatch.setattr(MaskedAutoencoder, "forward_loss", loss_turning_nan)
+    cfg = load_config(CONFIGS / "pretrain_demo.yaml",
+                      overrides=tiny_overrides(shards, tmp_path / "nan", **{"run.ckpt_every_steps": 100}))
+    with pytest.raises(NonFiniteLossError, match=r"step 3 .*Last good checkpoint: .*checkpoint-00000002\.pt"):
+        pretrain(cfg)
+    state = load_checkpoint(tmp_path / "nan" / "checkpoints" / "checkpoint-00000002.pt")
+    assert state["step"] == 2 and state["data_position"]["samples_per_rank"] == 8
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+@pytest.mark.slow
+def test_paper_config_builds_vit_large_and_runs_two_steps(shards, tmp_path):
+    cfg = load_config(
+        CONFIGS / "pretrain_vit_large_paper.yaml",
+        overrides=[f"data.shards={shards}", "data.batch_size=1", "data.num_workers=0", "optim.effective_batch=2",
+                   "run.max_steps=2", "run.compile=false", f"run.out_dir={tmp_path / 'paper'}", "run.threads=2",
+                   "run.progress=false", "run.vis_every=0"],
+    )
+    assert cfg["model"]["encoder"] == "arctic_mae_vit_large_patch16_224" and cfg["data"]["img_size"] == 224
+    assert (cfg["optim"]["epochs"], cfg["optim"]["warmup_epochs"], cfg["optim"]["blr"]) == (800, 40, 1.5e-4)
+    assert cfg["model"]["decoder_embed_dim"] == 512 and cfg["model"]["decoder_depth"] == 8
+    summary = pretrain(cfg)
+    assert summary["step"] == 2 and summary["accum"] == 2
+    assert summary["lr"] == pytest.approx(1.5e-4 * 2 / 256)
+    state = load_checkpoint(summary["checkpoint"])
+    assert state["model"]["pos_embed"].shape == (1, 197, 1024) and len({k.split(".")[1] for k in state["model"]
+                                                                        if k.startswith("blocks.")}) == 24
