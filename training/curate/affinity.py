@@ -334,39 +334,44 @@ def _partition_ap_star(args: tuple) -> np.ndarray:
     return _partition_ap(*args)
 
 
-def _weighted_ap(means, candidates, weights, preference, ap_kwargs, seed) -> np.ndarray:
+def _weighted_ap(means, candidates, weights, preference, ap_kwargs, seed) -> tuple[np.ndarray, bool]:
     S = negative_sq_distances(means, candidates)
     diag = np.arange(len(means))
     self_cost = (S[diag, diag] * weights)[None]
     result = exact_ap_batched(S[None], preference, weights=weights[None], self_cost=self_cost, seed=seed, **ap_kwargs)
-    return result.labels[0]
+    return result.labels[0], bool(result.converged[0])
 
 
 def _top_level(
     means: np.ndarray, candidates: np.ndarray, weights: np.ndarray, preference: float, target_k: int | None,
     ap_kwargs: dict, seed: int,
 ) -> tuple[float, np.ndarray]:
-    """Weighted exact AP over the last level's items; with ``target_k``, bisect the preference."""
+    """Weighted exact AP over the last level's items; with ``target_k``, bisect the preference (log scale).
+
+    The search runs between ``1e-3 x`` and ``total weight x`` the median similarity; runs that do not converge
+    (AP oscillates at extreme preferences) only count when no converged run is closer to ``target_k``.
+    """
     if target_k is None:
-        return preference, _weighted_ap(means, candidates, weights, preference, ap_kwargs, seed)
+        return preference, _weighted_ap(means, candidates, weights, preference, ap_kwargs, seed)[0]
     if target_k >= len(means):
         return preference, np.arange(len(means))
-    sims = sample_similarities(means, seed=seed)
-    low, high = float(sims.min()) * float(weights.sum()), 0.0  # few clusters .. every item its own
+    scale = abs(float(np.median(sample_similarities(means, seed=seed)))) or 1.0
+    log_low, log_high = np.log(scale * 1e-3), np.log(scale * max(float(weights.sum()), 2.0))  # -p: many .. one
     best = None
     for _ in range(30):
-        mid = (low + high) / 2
-        labels = _weighted_ap(means, candidates, weights, mid, ap_kwargs, seed)
+        mid = -float(np.exp((log_low + log_high) / 2))
+        labels, converged = _weighted_ap(means, candidates, weights, mid, ap_kwargs, seed)
         k = len(np.unique(labels))
-        if best is None or abs(k - target_k) < abs(best[2] - target_k):
-            best = (mid, labels, k)
-        if k == target_k:
+        key = (not converged, abs(k - target_k))
+        if best is None or key < best[0]:
+            best = (key, mid, labels)
+        if k == target_k and converged:
             break
         if k > target_k:
-            high = mid
+            log_low = np.log(-mid)
         else:
-            low = mid
-    return best[0], best[1]
+            log_high = np.log(-mid)
+    return best[1], best[2]
 
 
 def nearest_exemplar(x: np.ndarray, exemplars: np.ndarray, chunk: int = 32768) -> np.ndarray:
