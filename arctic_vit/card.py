@@ -1,24 +1,38 @@
-"""Model cards rendered from an export's ``config.json`` (its ``pretrained_cfg``) and, when given, evaluation results.
+"""Model cards and README tables rendered from ``pretrained_cfg`` and evaluation results: no number typed twice.
 
-Nothing typed twice: bands, statistics, licence and paper come from the config; F1 figures from the evaluation JSON.
+- ``render_model_card(config, results)``: the card of an export folder (``config.json`` + the evaluation JSON
+  rows written by ``evaluation.compare``: ``{"task", "dataset", "metric", "value", "std", "backbone", ...}``).
+- ``weights_table()`` / ``results_table(rows)``: the README's tables, between ``<!-- NAME:start -->`` and
+  ``<!-- NAME:end -->`` markers; ``python -m arctic_vit.card README.md model_cards/results.json`` rewrites them.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import sys
 from collections.abc import Mapping, Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE = "model_card.md"
+TAGS = ["image-feature-extraction", "timm", "remote-sensing", "arctic", "permafrost", "mae", "vision-transformer"]
 
 
-def card_data(config: Mapping[str, Any], results: Sequence[Mapping[str, Any]] = ()) -> ModelCardData:
-    """YAML front matter: licence, library, pipeline tag, tags, datasets and a model-index of F1 results.
+def _own_rows(results: Sequence[Mapping[str, Any]], own_backbone: str | None) -> list[Mapping[str, Any]]:
+    """Rows that describe this model (not the baselines it is compared with), with a value."""
+    rows = [r for r in results if r.get("value") is not None]
+    if own_backbone is not None:
+        return [r for r in rows if r.get("backbone") == own_backbone]
+    return [r for r in rows if str(r.get("backbone", "arctic")).startswith("arctic")]
 
-    ``results`` rows: ``{"task": ..., "dataset": ..., "metric": "foreground_f1", "value": 0.71, "backbone": ...}``.
-    """
+
+def card_data(config: Mapping[str, Any], results: Sequence[Mapping[str, Any]] = (),
+              own_backbone: str | None = None) -> ModelCardData:
+    """YAML front matter: licence, library, pipeline tag, tags, datasets, and a model-index of this model's F1."""
     meta = config.get("arctic_vit", {})
     cfg = config.get("pretrained_cfg", {})
     eval_results = [
@@ -29,40 +43,94 @@ def card_data(config: Mapping[str, Any], results: Sequence[Mapping[str, Any]] = 
             dataset_name=row["dataset"],
             metric_type=row.get("metric", "foreground_f1"),
             metric_name=row.get("metric_name", "foreground mean F1"),
-            metric_value=float(row["value"]),
+            metric_value=round(float(row["value"]), 4),
         )
-        for row in results
+        for row in _own_rows(results, own_backbone)
     ]
     return ModelCardData(
         license=cfg.get("license", "cc-by-4.0"),
         library_name="timm",
         pipeline_tag="image-feature-extraction",
-        tags=[
-            "image-feature-extraction", "timm", "remote-sensing", "arctic", "permafrost", "mae",
-            "vision-transformer"],
-        datasets=["arctic-vhsr-curated"],
-        base_model=None,
+        tags=TAGS,
+        datasets=meta.get("datasets", ["arctic-vhsr-curated"]),
+        base_model=meta.get("base_model"),
         model_name=meta.get("variant", config.get("architecture")),
         eval_results=eval_results or None,
     )
 
 
+def results_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table: task | dataset | backbone | foreground mean F1 (mean ± std, seeds) | Δ vs reference (95 % CI)."""
+    lines = ["| task | dataset | backbone | foreground mean F1 | Δ vs reference [95 % CI] |", "|---|---|---|---|---|"]
+    for r in results:
+        value = "–" if r.get("value") is None else f"{r['value']:.3f} ± {r.get('std') or 0:.3f} ({r.get('n_seeds', 1)})"
+        ci = r.get("ci95")
+        diff = r.get("diff_vs_reference")
+        delta = "reference" if diff == 0.0 and not ci else (
+            f"{diff:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "–")
+        lines.append(f"| {r['task']} | {r['dataset']} | {r.get('backbone', '')} | {value} | {delta} |")
+    if len(lines) == 2:
+        lines.append("| – | – | – | not evaluated yet | – |")
+    return "\n".join(lines)
+
+
+def weights_table() -> str:
+    """Markdown table of the registered pretrained tags, read from their ``pretrained_cfg``."""
+    import timm
+    import torch
+
+    from .models import _PRETRAINED_CFGS
+
+    lines = ["| model | params | bands | input | GSD | licence | weights (hub @ revision) |",
+             "|---|---|---|---|---|---|---|"]
+    for key, cfg in reversed(_PRETRAINED_CFGS.items()):  # large first
+        arch = key.split(".", 1)[0]
+        with torch.device("meta"):
+            n_params = sum(p.numel() for p in timm.create_model(arch).parameters())
+        where = (f"[{cfg.hf_hub_id}](https://huggingface.co/{cfg.hf_hub_id}) @ `{cfg.hf_hub_revision[:12]}`"
+                 if cfg.hf_hub_revision else f"`{cfg.hf_hub_id}`: not published yet (train with `training/`)")
+        lines.append(
+            f"| `{key}` | {n_params / 1e6:.1f} M | {', '.join(cfg.bands)} ({cfg.bit_depth}-bit) | "
+            f"{'×'.join(str(v) for v in cfg.input_size)} | {cfg.gsd_m} m | {cfg.license} | {where} |"
+        )
+    return "\n".join(lines)
+
+
+def replace_block(text: str, name: str, content: str) -> str:
+    """Replace what stands between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
+    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.DOTALL)
+    if not pattern.search(text):
+        raise ValueError(f"no <!-- {name}:start --> ... <!-- {name}:end --> block")
+    return pattern.sub(lambda m: m.group(1) + content + m.group(2), text)
+
+
+def render_readme(readme: str, results: Sequence[Mapping[str, Any]]) -> str:
+    """The README with its generated weights and results tables brought up to date."""
+    return replace_block(replace_block(readme, "weights-table", weights_table()), "results-table",
+                         results_table(results))
+
+
+def load_results(path: str | Path) -> list[dict[str, Any]]:
+    """The ``results`` rows of an evaluation JSON (``evaluation.compare``'s model_card.json), or of a list of them."""
+    data = json.loads(Path(path).read_text())
+    blocks = data if isinstance(data, list) else [data]
+    return [row for block in blocks for row in block.get("results", [])]
+
+
 def render_model_card(
     config: Mapping[str, Any],
     results: Sequence[Mapping[str, Any]] = (),
-    sections: Mapping[str, str] | None = None,
+    own_backbone: str | None = None,
 ) -> str:
-    """Render the card Markdown (front matter + body) for an export config."""
+    """Render the card Markdown (YAML front matter + sections) for an export's ``config.json``."""
     meta = config.get("arctic_vit", {})
     cfg = config.get("pretrained_cfg", {})
     variant = meta.get("variant", config.get("architecture", "arctic_mae_vit"))
     bands = meta.get("bands", [])
-    table = "\n".join(
+    band_table = "\n".join(
         f"| {b} | {m:.4f} | {s:.4f} |" for b, m, s in zip(bands, cfg.get("mean", []), cfg.get("std", []))
     )
-    results_md = "\n".join(
-        f"| {r['task']} | {r['dataset']} | {r.get('backbone', variant)} | {float(r['value']):.3f} |" for r in results
-    ) or "| – | – | – | not evaluated yet |"
+    training = meta.get("training", {})
     values = {
         "model_name": variant,
         "architecture": config.get("architecture", ""),
@@ -75,11 +143,29 @@ def render_model_card(
         "license": cfg.get("license", ""),
         "paper": cfg.get("paper_name", ""),
         "sha256": meta.get("weights_sha256", ""),
-        "band_table": table,
-        "results_table": results_md,
+        "band_table": band_table,
+        "results_table": results_table(results),
         "bands_tuple": repr(tuple(bands)),
+        "in_chans": len(bands),
+        "training_summary": "\n".join(f"- {k.replace('_', ' ')}: {v}" for k, v in training.items())
+        or "- not recorded in this export",
     }
-    values.update(sections or {})
     template = resources.files(__package__).joinpath("templates", TEMPLATE).read_text()
-    card = ModelCard.from_template(card_data(config, results), template_str=template, **values)
-    return str(card)
+    return str(ModelCard.from_template(card_data(config, results, own_backbone), template_str=template, **values))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m arctic_vit.card README.md [results.json ...]``: rewrite the README's generated tables."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        print(main.__doc__)
+        return 2
+    readme = Path(args[0])
+    results = [row for path in args[1:] for row in load_results(path)]
+    readme.write_text(render_readme(readme.read_text(), results))
+    print(f"updated {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

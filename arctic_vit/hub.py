@@ -14,7 +14,7 @@ import argparse
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,16 +130,20 @@ def export_folder(
     pretrained_cfg: Mapping[str, Any] | None = None,
     card: str | None = None,
     img_size: int | None = None,
+    results: Sequence[Mapping[str, Any]] | str | Path = (),
+    training: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model.safetensors``, ``config.json`` and ``README.md`` for an arctic encoder; return ``out_dir``.
 
     ``weights``: a model, a state dict or a checkpoint path (MAE training checkpoints are filtered).
     ``pretrained_cfg``: overrides such as ``bands``, ``mean``, ``std``, ``bit_depth``, ``gsd_m``, ``input_size``.
+    ``results``: evaluation rows (or the path of ``evaluation.compare``'s model_card.json) for the card;
+    ``training``: a short summary of the pretraining run (corpus, epochs, ...) recorded in config.json and the card.
     The weights are loaded strictly into the timm model first, so a wrong layout fails here, not at load time.
     """
     import timm
 
-    from .card import render_model_card
+    from .card import load_results, render_model_card
     from .models import STOCK_ARCHITECTURES, ArcticPretrainedCfg
 
     variant = _canonical_variant(model_name)
@@ -182,8 +186,12 @@ def export_folder(
             "weights_sha256": sha256_file(weights_path),
         },
     }
+    if training:
+        config[METADATA_KEY]["training"] = dict(training)
+    if isinstance(results, (str, Path)):
+        results = load_results(results)
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=_json_default) + "\n")
-    (out / CARD_NAME).write_text(card if card is not None else render_model_card(config))
+    (out / CARD_NAME).write_text(card if card is not None else render_model_card(config, results))
     return out
 
 
