@@ -53,6 +53,8 @@ def messy_archive(tmp_path_factory) -> Path:
     with_nan[:, :256, :] = np.nan
     _write(bad / "with_nan.tif", with_nan, **geo)
     _write(bad / "no_georef.tif", rng.integers(1, 2047, (4, 256, 256)).astype(np.uint16), nodata=0)
+    _write(root / "scenes" / "eight_band_u8.tif", rng.integers(1, 255, (8, 256, 256)).astype(np.uint8), nodata=0,
+           **geo)  # striped, 8-bit, 8 bands
     shutil.copy(good[1], bad / "garbled_meta.tif")
     (bad / "garbled_meta.IMD").write_bytes(b"\x00\x01 not an IMD \xff")
     chips = root / "chips"
@@ -124,6 +126,9 @@ def test_bad_inputs_are_recorded(messy_run):
     copied = manifest[manifest["scene_id"] == "scenes/scene_001"]  # the same pixels, found after bad/garbled_meta
     kept = garbled["reject_reason"].isna().to_numpy()
     assert kept.any() and (copied["reject_reason"].to_numpy()[kept] == "duplicate").all()
+    eight = manifest[manifest["scene_id"] == "scenes/eight_band_u8"].iloc[0]
+    assert eight["bands"] == "coastal,blue,green,yellow,red,rededge,nir,nir2" and eight["bit_depth"] == 8
+    assert pd.isna(eight["reject_reason"]) and "no_metadata" in eight["metadata_issues"]
     jpeg = manifest[manifest["scene_id"] == "chips/chip_0"].iloc[0]
     assert jpeg["bands"] == "nir,green,red" and jpeg["bit_depth"] == 8 and jpeg["band_count"] == 3
 

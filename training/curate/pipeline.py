@@ -124,18 +124,23 @@ def _process_sources(sources: list[Source], cfg: dict, catalog: dict, out: Path,
 
 
 def _cluster(x: np.ndarray, cfg: dict, client) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], dict]:
+    from tqdm.auto import tqdm
+
     method = cfg["cluster"].get("method", "ap")
     seed = int(cfg.get("seed", 0))
     t0 = time.perf_counter()
     if method == "ap":
         ap = dict(cfg["cluster"]["ap"])
+        bar = tqdm(desc="affinity propagation (items over all levels)", unit="item",
+                   disable=not cfg.get("progress", True))
         result = hierarchical_ap(
             x, preference=ap.get("preference", "median"), quantile=float(ap.get("quantile", 0.5)),
             target_k=ap.get("target_k"), partition_size=int(ap.get("partition_size", 256)),
             damping=float(ap.get("damping", 0.7)), max_iter=int(ap.get("max_iter", 200)),
             convergence_iter=int(ap.get("convergence_iter", 15)), refine_iter=int(ap.get("refine_iter", 3)),
-            chunk_size=int(ap.get("chunk_size", 16384)), seed=seed, client=client,
+            chunk_size=int(ap.get("chunk_size", 16384)), seed=seed, client=client, progress=bar.update,
         )
+        bar.close()
         info = dict(method="ap", preference=result.preference, levels=result.levels)
     elif method == "kmeans":
         result = hierarchical_kmeans(x, cfg["cluster"].get("kmeans", {}).get("levels"), seed=seed)
