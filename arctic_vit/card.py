@@ -3,7 +3,8 @@
 - ``render_model_card(config, results)``: the card of an export folder (``config.json`` + the evaluation JSON
   rows written by ``evaluation.compare``: ``{"task", "dataset", "metric", "value", "std", "backbone", ...}``).
 - ``weights_table()`` / ``results_table(rows)``: the README's tables, between ``<!-- NAME:start -->`` and
-  ``<!-- NAME:end -->`` markers; ``python -m arctic_vit.card README.md model_cards/results.json`` rewrites them.
+  ``<!-- NAME:end -->`` markers, and the registry cards in ``model_cards/``: ``python -m arctic_vit.card``
+  rewrites them all from ``pretrained_cfg`` and ``model_cards/results/*.json``.
 """
 
 from __future__ import annotations
@@ -154,17 +155,63 @@ def render_model_card(
     return str(ModelCard.from_template(card_data(config, results, own_backbone), template_str=template, **values))
 
 
+def registry_config(key: str) -> dict[str, Any]:
+    """The ``config.json`` an export of registry tag ``key`` (``arch.tag``) would carry, without weights."""
+    from .hub import METADATA_KEY, _standard_cfg
+    from .models import _PRETRAINED_CFGS, ARCTIC_SIZES, STOCK_ARCHITECTURES
+
+    cfg = _PRETRAINED_CFGS[key].to_dict()
+    arch = key.split(".", 1)[0]
+    size = next(v for k, v in ARCTIC_SIZES.items() if f"_{k}_" in arch)
+    return {
+        "architecture": STOCK_ARCHITECTURES[arch],
+        "num_classes": 0,
+        "num_features": size["embed_dim"],
+        "model_args": {"in_chans": cfg["input_size"][0], "img_size": cfg["input_size"][1]},
+        "pretrained_cfg": _standard_cfg(cfg),
+        METADATA_KEY: {
+            "variant": arch,
+            "bands": list(cfg["bands"]),
+            "bit_depth": cfg["bit_depth"],
+            "gsd_m": cfg.get("gsd_m"),
+            "weights_sha256": cfg.get("sha256") or "not published yet",
+        },
+    }
+
+
+def render_registry_cards(results: Sequence[Mapping[str, Any]] = ()) -> dict[str, str]:
+    """Card Markdown of every registry tag, keyed by file name (``<arch>.md``)."""
+    from .models import _PRETRAINED_CFGS
+
+    return {f"{key.split('.', 1)[0]}.md": render_model_card(registry_config(key), results) for key in _PRETRAINED_CFGS}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m arctic_vit.card README.md [results.json ...]``: rewrite the README's generated tables."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args:
-        print(main.__doc__)
-        return 2
-    readme = Path(args[0])
-    results = [row for path in args[1:] for row in load_results(path)]
+    """Rewrite the README's generated tables and the registry cards from pretrained_cfg + evaluation JSON."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m arctic_vit.card", description=main.__doc__)
+    parser.add_argument("--readme", default="README.md")
+    parser.add_argument("--cards", default="model_cards", help="folder of the rendered registry cards")
+    parser.add_argument("--results", nargs="*", default=None,
+                        help="evaluation JSON files (default: <cards>/results/*.json)")
+    args = parser.parse_args(argv)
+    cards = Path(args.cards)
+    paths = args.results if args.results is not None else sorted((cards / "results").glob("*.json"))
+    results = [row for path in paths for row in load_results(path)]
+    readme = Path(args.readme)
     readme.write_text(render_readme(readme.read_text(), results))
-    print(f"updated {readme}")
+    cards.mkdir(parents=True, exist_ok=True)
+    for name, text in render_registry_cards(results).items():
+        (cards / name).write_text(text)
+    print(f"updated {readme} and {len(_registry_keys())} cards in {cards} from {len(paths)} result file(s)")
     return 0
+
+
+def _registry_keys() -> list[str]:
+    from .models import _PRETRAINED_CFGS
+
+    return list(_PRETRAINED_CFGS)
 
 
 if __name__ == "__main__":
