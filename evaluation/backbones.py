@@ -31,6 +31,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.models import get_pretrained_cfg
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -160,7 +161,9 @@ def build_backbone(
         else:
             encoder = timm.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)),
                                         **kwargs)
-        rgb_mean, rgb_std = encoder.pretrained_cfg["mean"], encoder.pretrained_cfg["std"]
+        native = get_pretrained_cfg(IMAGENET_MODELS[name])  # the named model's statistics, also under ``arch``
+        rgb_mean, rgb_std = tuple(native.mean), tuple(native.std)
+        encoder.pretrained_cfg = {**encoder.pretrained_cfg, "mean": rgb_mean, "std": rgb_std}
         if imagenet_all_bands:  # bands beyond RGB get the average RGB statistics
             by_band = dict(zip(("red", "green", "blue"), zip(rgb_mean, rgb_std)))
             fallback = (sum(rgb_mean) / 3, sum(rgb_std) / 3)

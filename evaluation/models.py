@@ -173,6 +173,8 @@ def param_groups(model: nn.Module, encoder: nn.Module, weight_decay: float, laye
     encoder_ids = {id(p) for p in encoder.parameters()}
     groups = param_groups_layer_decay(encoder, weight_decay=weight_decay, layer_decay=layer_decay,
                                       no_weight_decay_list=list(encoder.no_weight_decay()))
+    for group in groups:  # timm gives the last block scale 1; with the head one layer above it: decay^1 (MAE, BEiT)
+        group["lr_scale"] *= layer_decay
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad and id(param) not in encoder_ids:
