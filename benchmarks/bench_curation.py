@@ -113,8 +113,12 @@ def run_measure(method: str, n: int, preference: float | None = None, target_k: 
     return result
 
 
-def descriptor_read_ratio(n_scenes: int, size: int, repeats: int = 3) -> dict:
-    """Chips/s of tiling + descriptors vs a bare rasterio windowed-read loop over the same chips (warm cache)."""
+def descriptor_read_ratio(n_scenes: int, size: int, repeats: int = 3, gdal_threads: int | None = None) -> dict:
+    """Chips/s of tiling + descriptors vs a bare rasterio windowed-read loop over the same chips (warm cache).
+
+    ``gdal_threads``: override ``tiling.gdal_threads`` of the default config for our side (the bare loop: GDAL
+    defaults, one chip per read).
+    """
     import rasterio
     from rasterio.windows import Window
 
@@ -123,6 +127,8 @@ def descriptor_read_ratio(n_scenes: int, size: int, repeats: int = 3) -> dict:
     from training.synthetic import generate_archive
 
     cfg = load_config(REPO / "training" / "configs" / "curate.yaml")
+    if gdal_threads is not None:
+        cfg["tiling"]["gdal_threads"] = gdal_threads
     chip, stride = cfg["tiling"]["chip_size"], cfg["tiling"]["stride"]
     with tempfile.TemporaryDirectory() as tmp:
         generate_archive(tmp, n_scenes=n_scenes, size=size, seed=0, labels=False)
@@ -148,7 +154,8 @@ def descriptor_read_ratio(n_scenes: int, size: int, repeats: int = 3) -> dict:
                 count = fn()
                 rates[name].append(count / (time.perf_counter() - t0))
     best_bare, best_ours = max(rates["bare"]), max(rates["ours"])
-    return dict(chips=count, bare_chips_per_s=best_bare, ours_chips_per_s=best_ours,
+    return dict(chips=count, gdal_threads=cfg["tiling"]["gdal_threads"], bare_chips_per_s=best_bare,
+                ours_chips_per_s=best_ours,
                 descriptor_read_ratio=best_ours / best_bare, rates=rates)
 
 
@@ -187,7 +194,9 @@ def main() -> None:
         report["compare"][str(n)] = row
     for n in scale_sizes:
         report["scaling"][str(n)] = {m: run_measure(m, n) for m in ("ours", "ours_dask")}
-    report["descriptors"] = descriptor_read_ratio(*((2, 512) if args.quick else (8, 2048)))
+    archive = (2, 512) if args.quick else (8, 2048)
+    report["descriptors"] = descriptor_read_ratio(*archive)
+    report["descriptors_1_gdal_thread"] = descriptor_read_ratio(*archive, gdal_threads=1)
     top = str(compare_sizes[-1])
     big = str(scale_sizes[-1])
     summary = dict(
@@ -204,6 +213,7 @@ def main() -> None:
         ap_1m_dask_seconds=report["scaling"][big]["ours_dask"]["seconds"],
         ap_100k_seconds=report["scaling"].get("100000", {}).get("ours", {}).get("seconds"),
         descriptor_read_ratio=report["descriptors"]["descriptor_read_ratio"],
+        descriptor_read_ratio_1_gdal_thread=report["descriptors_1_gdal_thread"]["descriptor_read_ratio"],
         sizes=dict(compare=compare_sizes, scaling=scale_sizes),
     )
     report["summary"] = summary

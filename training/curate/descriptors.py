@@ -50,7 +50,7 @@ def pixel_descriptors(values: np.ndarray, gray: np.ndarray, core_index: list[int
     B, _, n = values.shape
     out = np.full((B, len(GROUPS["spectral"]) + len(TEXTURE_NAMES)), np.nan, np.float32)
     present = [i for i in core_index if i is not None]
-    core = values[:, present]  # (B, k, P)
+    core = values if present == list(range(values.shape[1])) else values[:, present]  # (B, k, P)
     ranks = [min(n - 1, round(q / 100 * (n - 1))) for q in PERCENTILES]
     stats = np.empty((B, len(present), 2 + len(PERCENTILES)), np.float32)
     stats[..., 0] = core.mean(axis=2)
@@ -64,7 +64,7 @@ def pixel_descriptors(values: np.ndarray, gray: np.ndarray, core_index: list[int
     base = len(CORE_BANDS) * 5
     brightness = core.mean(axis=1)  # (B, P)
     n_bins = len(HISTOGRAM_EDGES) - 1
-    bins = np.clip(np.searchsorted(HISTOGRAM_EDGES, brightness, side="right") - 1, 0, n_bins - 1)
+    bins = np.minimum(np.searchsorted(HISTOGRAM_EDGES, brightness, side="right") - 1, n_bins - 1)  # values >= 0
     bins += (np.arange(B) * n_bins)[:, None]
     out[:, base : base + n_bins] = np.bincount(bins.ravel(), minlength=B * n_bins).reshape(B, n_bins) / max(n, 1)
     base += n_bins

@@ -9,6 +9,7 @@ that is not allowed, or single chips (``nodata``, ``low_information``, ``read_er
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import zlib
@@ -118,7 +119,16 @@ def empty_row(source: Source) -> dict:
 
 
 def process_scene(source: Source, cfg: dict, catalog_row: dict | None = None) -> SceneResult:
-    """One source raster -> its candidate chips (rows) and the descriptors of the accepted ones."""
+    """One source raster -> its candidate chips (rows) and the descriptors of the accepted ones.
+
+    ``tiling.gdal_threads`` > 1 lets GDAL decode the blocks of one strip read in parallel (GDAL_NUM_THREADS).
+    """
+    threads = int(cfg["tiling"].get("gdal_threads", 1))
+    with rasterio.Env(GDAL_NUM_THREADS=str(threads)) if threads > 1 else contextlib.nullcontext():
+        return _process_scene(source, cfg, catalog_row)
+
+
+def _process_scene(source: Source, cfg: dict, catalog_row: dict | None) -> SceneResult:
     import warnings
 
     tiling = cfg["tiling"]
@@ -216,6 +226,7 @@ def _describe_batch(pending, nodata, scale, steps, core_index, tiling) -> list[n
     if floating:
         values = np.nan_to_num(values)
     values *= inv_scale
+    brightness_std = values[:, present].mean(axis=1).std(axis=1)  # exact for chips without invalid pixels
     out: list[np.ndarray | None] = [None] * len(chips)
     full = []
     for b, (row, _, _) in enumerate(pending):
@@ -223,10 +234,12 @@ def _describe_batch(pending, nodata, scale, steps, core_index, tiling) -> list[n
         if valid_fraction[b] < float(tiling["min_valid_fraction"]):
             row["reject_reason"] = "nodata" if valid_fraction[b] == 0 else f"valid_fraction: {valid_fraction[b]:.2f}"
             continue
-        chip_values = values[b] if valid_fraction[b] == 1.0 else values[b][:, ~invalid[b].ravel()]
-        brightness_std = float(chip_values[present].mean(axis=0).std())
-        if brightness_std < float(tiling["min_std"]):
-            row["reject_reason"] = f"low_information: std {brightness_std:.4f}"
+        chip_values = values[b]
+        if valid_fraction[b] < 1.0:
+            chip_values = values[b][:, ~invalid[b].ravel()]
+            brightness_std[b] = chip_values[present].mean(axis=0).std()
+        if brightness_std[b] < float(tiling["min_std"]):
+            row["reject_reason"] = f"low_information: std {brightness_std[b]:.4f}"
             continue
         row["content_hash"] = f"{zlib.crc32(fine[b]):08x}"
         if valid_fraction[b] == 1.0:
