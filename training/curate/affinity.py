@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 SIMILARITY_SAMPLE = 200_000
 
@@ -216,7 +217,7 @@ def _partition_ap(
     bounds = np.linspace(0, n, n_parts + 1).astype(np.int64)
     sizes = np.diff(bounds)
     labels = np.empty(n, np.int64)
-    budget = 4_000_000  # elements per batched message array (16 MB float32)
+    budget = 262_144  # elements per batched message array (1 MB float32: the 4 arrays stay in cache)
     for size in np.unique(sizes):
         starts = bounds[:-1][sizes == size]
         per_batch = max(1, budget // int(size) ** 2)
@@ -257,6 +258,7 @@ def hierarchical_ap(
     max_iter: int = 200,
     convergence_iter: int = 15,
     refine_iter: int = 3,
+    split: bool = True,
     chunk_size: int = 16384,
     seed: int = 0,
     client=None,
@@ -265,8 +267,34 @@ def hierarchical_ap(
     """x: (n, d) -> HierarchicalAPResult. ``client``: a ``distributed.Client`` (None: run here).
 
     ``preference``: 'median' | 'quantile' | 'target_k' | a number; with 'target_k' the top level searches the
-    preference that gives ``target_k`` clusters (bisection).
+    preference that gives ``target_k`` clusters (bisection). ``split``: re-run AP inside each final cluster and keep
+    the splits that raise the net similarity (not with 'target_k').
     """
+    with threadpool_limits(limits=1):  # many small matmuls: BLAS threads only spin; parallelism is Dask's
+        return _hierarchical_ap(
+            x, preference=preference, quantile=quantile, target_k=target_k, partition_size=partition_size,
+            damping=damping, max_iter=max_iter, convergence_iter=convergence_iter, refine_iter=refine_iter,
+            split=split, chunk_size=chunk_size, seed=seed, client=client, progress=progress,
+        )
+
+
+def _hierarchical_ap(
+    x: np.ndarray,
+    *,
+    preference: str | float = "median",
+    quantile: float = 0.5,
+    target_k: int | None = None,
+    partition_size: int = 256,
+    damping: float = 0.7,
+    max_iter: int = 200,
+    convergence_iter: int = 15,
+    refine_iter: int = 3,
+    split: bool = True,
+    chunk_size: int = 16384,
+    seed: int = 0,
+    client=None,
+    progress: Callable[[int], None] | None = None,
+) -> HierarchicalAPResult:
     import time
 
     x = np.ascontiguousarray(x, np.float32)
@@ -324,6 +352,11 @@ def hierarchical_ap(
     top_pref, top_labels = _top_level(top_means, x[active], weights[active], base_pref, target_k, ap_kwargs, seed)
     exemplars = active[np.unique(top_labels)]
     levels.append(dict(level=level, items=len(active), exemplars=len(exemplars), seconds=time.perf_counter() - t0))
+    if split and target_k is None:
+        t0 = time.perf_counter()
+        before = len(exemplars)
+        exemplars = _split_clusters(x, exemplars, top_pref, partition_size, ap_kwargs, seed, client)
+        levels.append(dict(level="split", items=before, exemplars=len(exemplars), seconds=time.perf_counter() - t0))
     exemplars = _refine(x, exemplars, refine_iter)
     labels = nearest_exemplar(x, exemplars)
     level_labels.append(labels)
@@ -331,7 +364,8 @@ def hierarchical_ap(
 
 
 def _partition_ap_star(args: tuple) -> np.ndarray:
-    return _partition_ap(*args)
+    with threadpool_limits(limits=1):
+        return _partition_ap(*args)
 
 
 def _weighted_ap(means, candidates, weights, preference, ap_kwargs, seed) -> tuple[np.ndarray, bool]:
@@ -382,6 +416,64 @@ def nearest_exemplar(x: np.ndarray, exemplars: np.ndarray, chunk: int = 32768) -
         labels[start : start + chunk] = negative_sq_distances(x[start : start + chunk], centres).argmax(axis=1)
     labels[exemplars] = np.arange(len(exemplars))
     return labels
+
+
+def _split_one(x: np.ndarray, preference: float, sample_size: int, ap_kwargs: dict, seed: int) -> np.ndarray:
+    """Points of one cluster x: (c, d) -> exemplar indices (into x) of the best of {one medoid, AP on the points}.
+
+    A cluster larger than ``sample_size`` is represented by a seeded sample of that size, each sampled point
+    weighted by ``c / sample_size`` (weighted AP); every point then joins its nearest candidate exemplar.
+    """
+    diff = x - x.mean(axis=0)
+    medoid = int(np.einsum("ij,ij->i", diff, diff).argmin())
+    single = net_similarity(x, np.full(len(x), medoid), preference)
+    if len(x) <= sample_size:
+        labels, _, _ = exact_ap(x, preference, seed=seed, **ap_kwargs)
+        candidate = np.unique(labels)
+    else:
+        sample = np.sort(np.random.default_rng(seed).choice(len(x), size=sample_size, replace=False))
+        weights = np.full(sample_size, len(x) / sample_size, np.float32)
+        sample_labels, _, _ = exact_ap(x[sample], preference, weights=weights, seed=seed, **ap_kwargs)
+        candidate = sample[np.unique(sample_labels)]
+        labels = candidate[nearest_exemplar(x, candidate)]
+    if len(candidate) > 1 and net_similarity(x, labels, preference) > single:
+        return candidate
+    return np.array([medoid])
+
+
+def _split_clusters_star(args: tuple) -> list[np.ndarray]:
+    with threadpool_limits(limits=1):
+        return [_split_one(*a) for a in args]
+
+
+def _split_clusters(
+    x: np.ndarray, exemplars: np.ndarray, preference: float, partition_size: int, ap_kwargs: dict, seed: int, client
+) -> np.ndarray:
+    """Re-run AP on the points of each final cluster; keep a split where it raises the net similarity.
+
+    Upper levels see each first-level group only through its mean, so they cannot split a dense cluster that exact
+    AP on all points would split; this top-down pass restores that (the objective decomposes over clusters).
+    """
+    labels = nearest_exemplar(x, exemplars)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=len(exemplars)))])
+    members = [order[bounds[k] : bounds[k + 1]] for k in range(len(exemplars))]
+    jobs = [(x[m], preference, 4 * partition_size, ap_kwargs, seed + k) for k, m in enumerate(members)]
+    # group small clusters into tasks of about 16k points
+    groups, current, size = [], [], 0
+    for job in jobs:
+        current.append(job)
+        size += len(job[0])
+        if size >= 16384:
+            groups.append(current)
+            current, size = [], 0
+    if current:
+        groups.append(current)
+    if client is not None:
+        results = [r for group in client.gather(client.map(_split_clusters_star, groups, pure=False)) for r in group]
+    else:
+        results = [r for group in groups for r in _split_clusters_star(group)]
+    return np.sort(np.concatenate([m[local] for m, local in zip(members, results)]))
 
 
 def _refine(x: np.ndarray, exemplars: np.ndarray, n_iter: int) -> np.ndarray:
