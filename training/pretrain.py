@@ -322,13 +322,14 @@ def _train_step(model, batches, optimizer, scaler, accum: int, precision: str, c
                 clip_grad: float) -> float:
     """One optimizer step over ``accum`` micro-batches; returns the mean loss over micro-batches and ranks."""
     model.train()
+    ddp = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
     total = torch.zeros((), device=ctx.device)
     for micro in range(accum):
         images, valid = next(batches)
         images = images.to(ctx.device, non_blocking=True)
         valid = valid.to(ctx.device, non_blocking=True)
-        sync = micro == accum - 1 or not isinstance(model, DistributedDataParallel)
-        with (nullcontext() if sync else model.no_sync()), autocast_context(precision, ctx.device):
+        sync = micro == accum - 1 or not isinstance(ddp, DistributedDataParallel)
+        with (nullcontext() if sync else ddp.no_sync()), autocast_context(precision, ctx.device):
             loss, _, _ = model(images, valid)
         scaler.scale(loss / accum).backward()
         total += loss.detach().float() / accum
