@@ -177,7 +177,7 @@ def run(cfg: dict, backbone_name: str, seed: int, weights: str | None = None, fo
     """One finetuning run -> its metrics dict (read back from disk when the run was already done)."""
     if cfg.get("task") not in TASKS:
         raise ValueError(f"recipe task must be one of {TASKS}, got {cfg.get('task')!r}")
-    cfg = json.loads(json.dumps(cfg))  # private copy
+    cfg = _typed(json.loads(json.dumps(cfg)))  # private copy with numbers as numbers
     cfg["backbone"]["name"], cfg["seed"] = backbone_name, seed
     if weights is not None:
         cfg["backbone"]["weights"] = weights
@@ -188,9 +188,18 @@ def run(cfg: dict, backbone_name: str, seed: int, weights: str | None = None, fo
         previous = json.loads(metrics_path.read_text())
         if previous.get("config_hash") == digest:
             return previous | {"skipped": True}
+    threads = torch.get_num_threads()
     torch.set_num_threads(int(cfg["train"]["threads"]))
+    try:
+        return _run(cfg, backbone_name, seed, out, digest)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: dict, backbone_name: str, seed: int, out: Path, digest: str) -> dict[str, Any]:
     torch.manual_seed(seed)
     start = time.time()
+    metrics_path = out / METRICS_NAME
 
     card = load_card(cfg["dataset"]["card"], cfg["dataset"].get("card_overrides"))
     train_set = build_dataset(card, cfg["dataset"]["train_split"])
@@ -227,6 +236,26 @@ def run(cfg: dict, backbone_name: str, seed: int, weights: str | None = None, fo
     }
     metrics_path.write_text(json.dumps(_finite(metrics), indent=2, allow_nan=False))
     return metrics
+
+
+FLOAT_KEYS = {"train": ("lr", "weight_decay", "layer_decay", "warmup_fraction"), "eval": ("score_threshold",)}
+INT_KEYS = {"train": ("epochs", "batch_size", "crops_per_image", "threads"), "eval": ("panels",),
+            "model": ("img_size", "pyramid_channels", "decoder_channels")}
+
+
+def _typed(cfg: dict) -> dict:
+    """Cast numeric settings (YAML reads ``train.lr=1e-3`` as a string); a clear error if one is not a number."""
+    for kind, table in ((float, FLOAT_KEYS), (int, INT_KEYS)):
+        for section, keys in table.items():
+            for key in keys:
+                value = cfg.get(section, {}).get(key)
+                if value is None:
+                    continue
+                try:
+                    cfg[section][key] = kind(float(value)) if kind is int else kind(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"recipe setting {section}.{key}={value!r} is not a number") from None
+    return cfg
 
 
 def _finite(value: Any) -> Any:

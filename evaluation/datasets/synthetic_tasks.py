@@ -42,6 +42,9 @@ def cut_task_chips(scenes: list[Path], task: str, out_dir: Path, chip_size: int,
                     classes = src.read(1, window=Window(col, row, chip_size, chip_size))
                     window = (scene, row, col)
                     (positives if (classes == class_id).mean() > 0.01 else negatives).append(window)
+    if not positives:
+        raise ValueError(f"no {chip_size} px chip of {len(scenes)} scene(s) holds class {task!r}: generate more or "
+                         "larger scenes, or smaller zones")
     chosen = positives + [negatives[i] for i in rng.permutation(len(negatives))[: len(positives)]]
     written = []
     for scene, row, col in chosen:
@@ -85,7 +88,8 @@ def ensure_generated(card: DatasetCard) -> DatasetCard:
         if scenes_dir.is_dir() else []
     if not scenes:
         scenes = generate_archive(scenes_dir, n_scenes=int(spec.get("scenes", 2)), size=int(spec.get("size", 512)),
-                                  seed=int(spec.get("seed", 0)), labels=True)
+                                  seed=int(spec.get("seed", 0)), labels=True,
+                                  zone_size=int(spec.get("zone_size", 256)))
     cut_task_chips(scenes, spec["task"], card.root, int(spec.get("chip_size", 128)), seed=int(spec.get("seed", 0)))
     return card
 
