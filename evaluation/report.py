@@ -75,7 +75,8 @@ def write_report(runs: dict[str, list[dict]], run_dirs: dict[str, list[Path]], o
         } | {name: _mean([m["scores"].get(name) for m in metrics]) for name in OTHER_METRICS})
     card = {"recipe": first["recipe"], "task": first["task"], "dataset": first["dataset"], "reference": reference,
             "eval_split": first["eval_split"], "n_eval_images": first["n_eval"], "bootstrap_resamples": n_boot,
-            "results": rows}
+            "results": [r for r in rows if r["value"] is not None],
+            "undefined": [r["backbone"] for r in rows if r["value"] is None]}  # every seed's score undefined
     (out_dir / "model_card.json").write_text(json.dumps(card, indent=2))
     (out_dir / "results.md").write_text(_markdown(runs, rows, reference, first))
     _bar_chart(rows, out_dir / "results.png", first)
