@@ -254,9 +254,9 @@ def hierarchical_ap(
     quantile: float = 0.5,
     target_k: int | None = None,
     partition_size: int = 256,
-    damping: float = 0.7,
+    damping: float = 0.6,
     max_iter: int = 200,
-    convergence_iter: int = 15,
+    convergence_iter: int = 10,
     refine_iter: int = 3,
     split: bool = True,
     chunk_size: int = 16384,
@@ -268,7 +268,7 @@ def hierarchical_ap(
 
     ``preference``: 'median' | 'quantile' | 'target_k' | a number; with 'target_k' the top level searches the
     preference that gives ``target_k`` clusters (bisection). ``split``: re-run AP inside each final cluster and keep
-    the splits that raise the net similarity (not with 'target_k').
+    the splits that raise the net similarity (with 'target_k': then merge the clusters by weighted AP down to k).
     """
     with threadpool_limits(limits=1):  # many small matmuls: BLAS threads only spin; parallelism is Dask's
         return _hierarchical_ap(
@@ -349,18 +349,38 @@ def _hierarchical_ap(
 
     t0 = time.perf_counter()
     top_means = (sums[active] / weights[active][:, None]).astype(np.float32)
-    top_pref, top_labels = _top_level(top_means, x[active], weights[active], base_pref, target_k, ap_kwargs, seed)
+    top_k = None if split else target_k  # with the split pass, target_k is met by merging its clusters below
+    top_pref, top_labels = _top_level(top_means, x[active], weights[active], base_pref, top_k, ap_kwargs, seed)
     exemplars = active[np.unique(top_labels)]
     levels.append(dict(level=level, items=len(active), exemplars=len(exemplars), seconds=time.perf_counter() - t0))
-    if split and target_k is None:
+    if split:
         t0 = time.perf_counter()
         before = len(exemplars)
         exemplars = _split_clusters(x, exemplars, top_pref, partition_size, ap_kwargs, seed, client)
         levels.append(dict(level="split", items=before, exemplars=len(exemplars), seconds=time.perf_counter() - t0))
+    if split and target_k is not None:
+        t0 = time.perf_counter()
+        top_pref, exemplars = _merge_to_k(x, exemplars, base_pref, target_k, ap_kwargs, seed)
+        levels.append(dict(level="target_k", items=before, exemplars=len(exemplars), seconds=time.perf_counter() - t0))
     exemplars = _refine(x, exemplars, refine_iter)
     labels = nearest_exemplar(x, exemplars)
     level_labels.append(labels)
     return HierarchicalAPResult(labels, exemplars, level_labels, top_pref, levels)
+
+
+def _merge_to_k(
+    x: np.ndarray, exemplars: np.ndarray, preference: float, target_k: int, ap_kwargs: dict, seed: int
+) -> tuple[float, np.ndarray]:
+    """Weighted AP over the clusters of ``exemplars`` (means, sizes) with the preference bisected to ``target_k``."""
+    if target_k >= len(exemplars):
+        return preference, exemplars
+    labels = nearest_exemplar(x, exemplars)
+    counts = np.bincount(labels, minlength=len(exemplars)).astype(np.float64)
+    sums = np.zeros((len(exemplars), x.shape[1]))
+    np.add.at(sums, labels, x)
+    means = (sums / counts[:, None]).astype(np.float32)
+    pref, top_labels = _top_level(means, x[exemplars], counts, preference, target_k, ap_kwargs, seed)
+    return pref, exemplars[np.unique(top_labels)]
 
 
 def _partition_ap_star(args: tuple) -> np.ndarray:

@@ -136,8 +136,9 @@ def _cluster(x: np.ndarray, cfg: dict, client) -> tuple[np.ndarray, np.ndarray, 
         result = hierarchical_ap(
             x, preference=ap.get("preference", "median"), quantile=float(ap.get("quantile", 0.5)),
             target_k=ap.get("target_k"), partition_size=int(ap.get("partition_size", 256)),
-            damping=float(ap.get("damping", 0.7)), max_iter=int(ap.get("max_iter", 200)),
-            convergence_iter=int(ap.get("convergence_iter", 15)), refine_iter=int(ap.get("refine_iter", 3)),
+            damping=float(ap.get("damping", 0.6)), max_iter=int(ap.get("max_iter", 200)),
+            convergence_iter=int(ap.get("convergence_iter", 10)), refine_iter=int(ap.get("refine_iter", 3)),
+            split=bool(ap.get("split", True)),
             chunk_size=int(ap.get("chunk_size", 16384)), seed=seed, client=client, progress=bar.update,
         )
         bar.close()
