@@ -59,6 +59,7 @@ class Backbone:
     normalize: nn.Module
     normalization: str
     weights: str
+    notes: tuple[str, ...] = ()
 
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
         """image: (N, C_dataset, H, W) raw DN -> (N, C_encoder, H, W) normalised float32."""
@@ -74,7 +75,7 @@ class Backbone:
         return {
             "backbone": self.name, "weights": self.weights, "input_bands": list(self.input_bands),
             "normalization": self.normalization, "embed_dim": self.encoder.embed_dim,
-            "depth": len(self.encoder.blocks), "out_indices": list(self.out_indices),
+            "depth": len(self.encoder.blocks), "out_indices": list(self.out_indices), "notes": list(self.notes),
         }
 
 
@@ -145,7 +146,14 @@ def build_backbone(
             encoder = timm.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)),
                                         **kwargs)
         indices = tuple(range(len(card.bands)))
-        return _with_normalization(name, encoder, indices, card, normalization, dataset_stats, weights)
+        backbone = _with_normalization(name, encoder, indices, card, normalization, dataset_stats, weights)
+        if weights != "none":
+            source = _arctic_weight_bands(model, weights)
+            new = [b for b in card.bands if b not in source]
+            if new:
+                backbone.notes = (f"band(s) {new} have no pretrained patch-embedding weights (pretrained on "
+                                  f"{source}); they start at zero (arctic_vit.bands.NEW_BAND_INIT)",)
+        return backbone
 
     if name in IMAGENET_MODELS:
         if arch and weights not in ("none",) and not Path(weights).exists():
@@ -195,6 +203,16 @@ def build_backbone(
     if "reflectance_per_dn" in card.options:
         max_value = 1.0 / float(card.options["reflectance_per_dn"])
     return _with_normalization(name, encoder, indices, card, normalization, dataset_stats, weights, max_value)
+
+
+def _arctic_weight_bands(model: str, weights: str) -> tuple[str, ...]:
+    """Bands the arctic weights were pretrained on: the export folder's, else the registered default's."""
+    from arctic_vit.hub import read_folder_metadata
+
+    meta = read_folder_metadata(weights) if weights != "hub" else None
+    if meta and meta.get("bands"):
+        return tuple(meta["bands"])
+    return tuple(get_pretrained_cfg(model).bands)
 
 
 def _with_normalization(

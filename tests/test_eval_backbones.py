@@ -60,6 +60,10 @@ def test_arctic_backbone_loads_an_export_folder_with_its_bands_and_statistics(tm
     torch.testing.assert_close(backbone.encoder.patch_embed.proj.weight[:, 0], nir)  # sliced by band name
     out = backbone.prepare(torch.zeros(1, 3, 64, 64))
     torch.testing.assert_close(out[0, :, 0, 0], -torch.tensor([0.4, 0.2, 0.3]) / 0.5)
+    assert backbone.notes == ()
+    extra = build_backbone("arctic_mae_vit_tiny", _card(("coastal", "red")), 64, weights=str(folder))
+    assert "['coastal'] have no pretrained patch-embedding weights" in extra.describe()["notes"][0]
+    assert torch.count_nonzero(extra.encoder.patch_embed.proj.weight[:, 0]) == 0
 
 
 def test_random_backbone_uses_training_split_zscore_and_requires_stats():
