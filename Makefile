@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test test-all lint bench clean
+.PHONY: venv demo test test-slow test-all lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,13 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m demo $(ARGS)
+	$(PY) -m evaluation.demo $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow -q $(ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
