@@ -78,6 +78,9 @@ def test_bad_recipe_and_eval_split_without_objects_raise(tmp_path, synthetic_car
         run(cfg, "random_vit_tiny", seed=0)
     with pytest.raises(ValueError, match="BACKBONE=PATH"):
         parse_weights(["resnet50=x"])
+    cfg = _recipe("synthetic_iwp_instance", synthetic_card, tmp_path)  # RTS chips carry no instance ids
+    with pytest.raises(ValueError, match="needs instance labels"):
+        run(cfg, "random_vit_tiny", seed=0)
     background_only = synthetic_card | {"classes": ["background", "slump"], "name": "bg"}
     cfg = _recipe("synthetic_rts_semantic", background_only, tmp_path, "dataset.eval_split=val")
     cfg["dataset"]["card_overrides"]["options"] = {"label_band": 2}  # instance band: all zero for RTS chips
