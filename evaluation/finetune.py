@@ -215,8 +215,9 @@ def _run(cfg: dict, backbone_name: str, seed: int, out: Path, digest: str) -> di
     )
     model = build_model(cfg, backbone, card)
     samples = [train_set[i] for i in range(len(train_set))]
-    if cfg["task"] == "instance" and any(s["instances"] is None for s in samples[:1]):
-        raise ValueError(f"task 'instance' needs instance labels but dataset {card.name!r} has none "
+    if cfg["task"] == "instance" and not any(s["instances"] is not None and len(s["instances"]["labels"])
+                                             for s in samples):
+        raise ValueError(f"task 'instance' needs instance labels but the training split of {card.name!r} has none "
                          "(raster pairs: set the card's options.instance_band)")
     history = train(cfg, model, backbone.encoder, samples, seed)
     result = evaluate(cfg, model, eval_set, card)
