@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import random
 import signal
 import time
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from timm.optim import param_groups_weight_decay
@@ -192,10 +194,6 @@ def pretrain(cfg: dict[str, Any]) -> dict[str, Any]:
         write_resolved(cfg, out_dir)
     seed = int(run["seed"])
     torch.manual_seed(seed + ctx.rank)
-    import random
-
-    import numpy as np
-
     random.seed(seed + ctx.rank)
     np.random.seed(seed + ctx.rank)
 

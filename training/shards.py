@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from arctic_vit.transforms import MultispectralNormalize
+
 INDEX_NAME = "index.json"
 STATS_NAME = "stats.json"
 SHARD_FORMAT = 1
@@ -53,25 +55,8 @@ def read_stats(shard_dir: str | Path) -> dict[str, Any]:
 
 
 def make_normalizer(mean: Sequence[float], std: Sequence[float], bit_depth: int) -> torch.nn.Module:
-    """The core's ``MultispectralNormalize`` (raw DN -> float32 ``(x / max_value - mean) / std``)."""
-    max_value = float(2**bit_depth - 1)
-    try:
-        from arctic_vit.transforms import MultispectralNormalize
-    except ImportError:  # the core is not installed: same formula, local stand-in
-        return _LocalNormalize(mean, std, max_value)
-    return MultispectralNormalize(mean, std, max_value)
-
-
-class _LocalNormalize(torch.nn.Module):
-    def __init__(self, mean: Sequence[float], std: Sequence[float], max_value: float) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
-        self.max_value = max_value
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., C, H, W) raw DN -> (..., C, H, W) float32"""
-        return (x.float() / self.max_value - self.mean) / self.std
+    """The core's ``MultispectralNormalize``: raw DN -> float32 ``(x / (2**bit_depth - 1) - mean) / std``."""
+    return MultispectralNormalize(mean, std, max_value=float(2**bit_depth - 1))
 
 
 @dataclass(frozen=True)
