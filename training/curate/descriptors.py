@@ -2,8 +2,9 @@
 
 Spectral statistics use four core bands (blue, green, red, nir) looked up by name, so scenes with 3, 4 or 8 bands and
 false-colour JPEG chips share one descriptor layout; a band a source lacks gives NaN, which standardisation turns
-into the column mean (0). Spectral statistics use every ``sample_step``-th pixel in each direction (64 x 64 samples
-of a 256 px chip by default) and texture every ``texture_step``-th, which keeps extraction cheaper than the read.
+into the column mean (0). Spectral statistics use every ``sample_step``-th pixel in each direction (32 x 32 samples
+of a 256 px chip by default) and texture every ``texture_step``-th (64 x 64), which keeps extraction cheaper than
+the read itself.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def _inputs(cfg: dict) -> list[str]:
 def _cache_key(source: Source, cfg: dict, catalog_row: dict | None) -> str:
     stat = os.stat(source.path)
     relevant = {k: cfg[k] for k in ("input", "tiling", "descriptors")}
-    relevant["tiling"] = {k: v for k, v in relevant["tiling"].items() if k != "prefetch"}
+    relevant["tiling"] = {k: v for k, v in relevant["tiling"].items() if k != "gdal_threads"}
     relevant["input"] = {k: v for k, v in relevant["input"].items() if k not in ("path", "catalog")}
     payload = json.dumps([CACHE_VERSION, source, stat.st_size, stat.st_mtime_ns, relevant, catalog_row],
                          sort_keys=True, default=str)

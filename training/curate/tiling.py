@@ -13,7 +13,6 @@ import contextlib
 import fnmatch
 import math
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,12 +175,11 @@ def _process_scene(source: Source, cfg: dict, catalog_row: dict | None) -> Scene
         rows, descs, pending = [], [], []
         scale = float(2**bit_depth - 1)
         steps = (
-            max(1, int(cfg["descriptors"].get("sample_step", 4))),
+            max(1, int(cfg["descriptors"].get("sample_step", 8))),
             max(1, int(cfg["descriptors"].get("texture_step", 4))),
         )
         batch_size = int(cfg["descriptors"].get("batch_size", 32))
-        prefetch = bool(tiling.get("prefetch", False))
-        chips = _iter_chips(src, windows, chip_size, int(tiling["max_read_px"]), prefetch)
+        chips = _iter_chips(src, windows, chip_size, int(tiling["max_read_px"]))
         for index, (row_off, col_off), chip in chips:
             row = dict(base, chip_id=f"{source.scene_id}:{row_off}:{col_off}", row_off=row_off, col_off=col_off,
                        center_x=float(centres[index, 0]), center_y=float(centres[index, 1]), lat=float(lat[index]),
@@ -207,8 +205,12 @@ def _describe_batch(pending, nodata, scale, steps, core_index, tiling) -> list[n
     """
     step, texture_step = steps
     chips = [chip for _, chip, _ in pending]
-    sample = np.stack([c[:, ::step, ::step] for c in chips])  # (B, C, h, w)
-    fine = sample if texture_step == step else np.stack([c[:, ::texture_step, ::texture_step] for c in chips])
+    fine = np.stack([c[:, ::texture_step, ::texture_step] for c in chips])  # (B, C, h2, w2) for texture and hash
+    if step % texture_step == 0:
+        ratio = step // texture_step
+        sample = fine[:, :, ::ratio, ::ratio]  # (B, C, h, w) for the spectral statistics
+    else:
+        sample = np.stack([c[:, ::step, ::step] for c in chips])
     floating = sample.dtype.kind == "f"
     invalid = np.zeros((len(chips), *sample.shape[2:]), bool)
     if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
@@ -218,7 +220,8 @@ def _describe_batch(pending, nodata, scale, steps, core_index, tiling) -> list[n
     valid_fraction = 1.0 - invalid.mean(axis=(1, 2))
     present = [i for i in core_index if i is not None]
     inv_scale = np.float32(1.0 / scale)
-    gray = fine[:, present].mean(axis=1, dtype=np.float32)
+    all_bands = present == list(range(sample.shape[1]))
+    gray = (fine if all_bands else fine[:, present]).mean(axis=1, dtype=np.float32)
     if floating:
         gray = np.nan_to_num(gray)
     gray *= inv_scale
@@ -226,7 +229,7 @@ def _describe_batch(pending, nodata, scale, steps, core_index, tiling) -> list[n
     if floating:
         values = np.nan_to_num(values)
     values *= inv_scale
-    brightness_std = values[:, present].mean(axis=1).std(axis=1)  # exact for chips without invalid pixels
+    brightness_std = (values if all_bands else values[:, present]).mean(axis=1).std(axis=1)  # exact if all valid
     out: list[np.ndarray | None] = [None] * len(chips)
     full = []
     for b, (row, _, _) in enumerate(pending):
@@ -252,13 +255,11 @@ def _describe_batch(pending, nodata, scale, steps, core_index, tiling) -> list[n
     return [np.concatenate([desc, pending[b][2]]) for b, desc in enumerate(out) if desc is not None]
 
 
-def _iter_chips(src, windows: list[tuple[int, int]], chip_size: int, max_read_px: int, prefetch: bool = False):
+def _iter_chips(src, windows: list[tuple[int, int]], chip_size: int, max_read_px: int):
     """Yield (index, (row_off, col_off), chip (C, S, S) or the read exception), reading strips of chips.
 
-    With ``prefetch`` one background thread reads the next strip while the caller works on the current one
-    (GDAL releases the GIL); the dataset is only ever touched by that one thread.
+    A strip that fails to read is retried chip by chip, so one damaged block rejects only the chips on it.
     """
-    strips: list[tuple[int, int, int, list[int]]] = []  # (row_off, first_col, last_col, chip indices)
     by_row: dict[int, list[int]] = {}
     for index, (row_off, _) in enumerate(windows):
         by_row.setdefault(row_off, []).append(index)
@@ -268,42 +269,21 @@ def _iter_chips(src, windows: list[tuple[int, int]], chip_size: int, max_read_px
         while start < len(indices):
             first_col = windows[indices[start]][1]
             group = [i for i in indices[start:] if windows[i][1] + chip_size - first_col <= limit]
-            strips.append((row_off, first_col, windows[group[-1]][1] + chip_size, group))
+            last_col = windows[group[-1]][1] + chip_size
             start += len(group)
-
-    def read(strip):
-        row_off, first_col, last_col, _ = strip
-        try:
-            return src.read(window=Window(first_col, row_off, last_col - first_col, chip_size))
-        except (RasterioError, OSError, ValueError) as err:
-            return err
-
-    executor = ThreadPoolExecutor(max_workers=1) if prefetch and len(strips) > 1 else None
-    try:
-        upcoming = executor.submit(read, strips[0]) if executor and strips else None
-        for position, strip in enumerate(strips):
-            if executor:
-                data = upcoming.result()
-                if position + 1 < len(strips):
-                    upcoming = executor.submit(read, strips[position + 1])
-            else:
-                data = read(strip)
-            row_off, first_col, _, group = strip
-            if not isinstance(data, Exception):
-                for i in group:
-                    c = windows[i][1] - first_col
-                    yield i, windows[i], data[:, :, c : c + chip_size]
-                continue
-            if executor:  # a damaged strip: try its chips one by one (after the prefetch is done)
-                upcoming.result()
+            try:
+                strip = src.read(window=Window(first_col, row_off, last_col - first_col, chip_size))
+            except (RasterioError, OSError, ValueError):
+                strip = None
             for i in group:
+                col = windows[i][1]
+                if strip is not None:
+                    yield i, windows[i], strip[:, :, col - first_col : col - first_col + chip_size]
+                    continue
                 try:
-                    yield i, windows[i], src.read(window=Window(windows[i][1], row_off, chip_size, chip_size))
-                except (RasterioError, OSError, ValueError) as chip_err:
-                    yield i, windows[i], chip_err
-    finally:
-        if executor:
-            executor.shutdown(wait=True)
+                    yield i, windows[i], src.read(window=Window(col, row_off, chip_size, chip_size))
+                except (RasterioError, OSError, ValueError) as err:
+                    yield i, windows[i], err
 
 
 def _chip_centres(src, windows: list[tuple[int, int]], chip_size: int) -> np.ndarray:
