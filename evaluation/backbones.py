@@ -122,87 +122,93 @@ def build_backbone(
     if normalization not in ("native", "zscore"):
         raise ValueError(f"normalization must be 'native' or 'zscore', got {normalization!r}")
     weights = "none" if weights is None else str(weights)
-    max_value = float(card.max_value)
-
     if name.startswith("random_vit_"):
-        if arch:
-            encoder = timm.create_model(arch, pretrained=False, in_chans=len(card.bands), img_size=img_size,
-                                        num_classes=0)
-        else:
-            model = f"arctic_mae_vit_{name.rsplit('_', 1)[1]}_patch16_224"
-            encoder = timm.create_model(model, pretrained=False, bands=card.bands, img_size=img_size)
-        indices = tuple(range(len(card.bands)))
-        return Backbone(name, encoder, indices, card.bands, zscore(dataset_stats, indices, max_value),
-                        "dataset z-score (random init has no pretraining statistics)", "random init")
-
+        return _random(name, card, img_size, dataset_stats, arch)
     if name.startswith("arctic_mae_vit_"):
-        model = f"{name}_patch16_224"
-        kwargs = dict(bands=card.bands, img_size=img_size)
-        if weights == "none":
-            encoder = timm.create_model(model, pretrained=False, **kwargs)
-        elif weights == "hub":
-            encoder = timm.create_model(model, pretrained=True, **kwargs)
-        else:
-            encoder = timm.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)),
-                                        **kwargs)
-        indices = tuple(range(len(card.bands)))
+        encoder, indices = _arctic(name, card, img_size, weights), tuple(range(len(card.bands)))
         backbone = _with_normalization(name, encoder, indices, card, normalization, dataset_stats, weights)
-        if weights != "none":
-            source = _arctic_weight_bands(model, weights)
-            new = [b for b in card.bands if b not in source]
-            if new:
-                backbone.notes = (f"band(s) {new} have no pretrained patch-embedding weights (pretrained on "
-                                  f"{source}); they start at zero (arctic_vit.bands.NEW_BAND_INIT)",)
+        backbone.notes = _new_band_notes(f"{name}_patch16_224", card, weights)
         return backbone
-
     if name in IMAGENET_MODELS:
-        if arch and weights not in ("none",) and not Path(weights).exists():
-            raise ValueError(f"arch={arch!r} replaces the architecture: use weights='none' or a local file")
-        model = arch or IMAGENET_MODELS[name]
         wanted = tuple(card.bands) if imagenet_all_bands else tuple(rgb_bands)
         indices = band_indices(card, wanted, name)
-        kwargs = dict(num_classes=0, img_size=img_size, in_chans=len(indices))
-        if weights == "none":
-            encoder = timm.create_model(model, pretrained=False, **kwargs)
-        elif weights == "hub":
-            encoder = timm.create_model(model, pretrained=True, **kwargs)
-        else:
-            encoder = timm.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)),
-                                        **kwargs)
-        native = get_pretrained_cfg(IMAGENET_MODELS[name])  # the named model's statistics, also under ``arch``
-        rgb_mean, rgb_std = tuple(native.mean), tuple(native.std)
-        encoder.pretrained_cfg = {**encoder.pretrained_cfg, "mean": rgb_mean, "std": rgb_std}
-        if imagenet_all_bands:  # bands beyond RGB get the average RGB statistics
-            by_band = dict(zip(("red", "green", "blue"), zip(rgb_mean, rgb_std)))
-            fallback = (sum(rgb_mean) / 3, sum(rgb_std) / 3)
-            stats = [by_band.get(b, fallback) for b in wanted]
-            encoder.pretrained_cfg = {**encoder.pretrained_cfg, "mean": tuple(s[0] for s in stats),
-                                      "std": tuple(s[1] for s in stats)}
-        encoder.pretrained_cfg = {**encoder.pretrained_cfg, "bands": wanted}
+        encoder = _imagenet(name, wanted, img_size, weights, arch)
         return _with_normalization(name, encoder, indices, card, normalization, dataset_stats, weights)
+    encoder = _prithvi(card, img_size, weights, arch, prithvi_num_heads)
+    indices = band_indices(card, encoder.pretrained_cfg["bands"], name)
+    reflectance_per_dn = card.options.get("reflectance_per_dn")
+    max_value = 1.0 / float(reflectance_per_dn) if reflectance_per_dn else None
+    return _with_normalization(name, encoder, indices, card, normalization, dataset_stats, weights, max_value)
 
-    # prithvi_eo2_300m
+
+def _create(model: str, weights: str, **kwargs) -> VisionTransformer:
+    """timm model with ``weights`` none (random init) | hub (published, cached) | a local file or folder."""
+    if weights == "none":
+        return timm.create_model(model, pretrained=False, **kwargs)
+    if weights == "hub":
+        return timm.create_model(model, pretrained=True, **kwargs)
+    return timm.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)), **kwargs)
+
+
+def _random(name: str, card: DatasetCard, img_size: int, stats: dict | None, arch: str | None) -> Backbone:
+    if arch:
+        encoder = timm.create_model(arch, pretrained=False, in_chans=len(card.bands), img_size=img_size,
+                                    num_classes=0)
+    else:
+        model = f"arctic_mae_vit_{name.rsplit('_', 1)[1]}_patch16_224"
+        encoder = timm.create_model(model, pretrained=False, bands=card.bands, img_size=img_size)
+    indices = tuple(range(len(card.bands)))
+    return Backbone(name, encoder, indices, card.bands, zscore(stats, indices, float(card.max_value)),
+                    "dataset z-score (random init has no pretraining statistics)", "random init")
+
+
+def _arctic(name: str, card: DatasetCard, img_size: int, weights: str) -> VisionTransformer:
+    """Ours, asked for the card's bands by name (the core slices the patch embedding and statistics)."""
+    return _create(f"{name}_patch16_224", weights, bands=card.bands, img_size=img_size)
+
+
+def _new_band_notes(model: str, card: DatasetCard, weights: str) -> tuple[str, ...]:
+    if weights == "none":
+        return ()
+    source = _arctic_weight_bands(model, weights)
+    new = [b for b in card.bands if b not in source]
+    if not new:
+        return ()
+    return (f"band(s) {new} have no pretrained patch-embedding weights (pretrained on {source}); they start at "
+            "zero (arctic_vit.bands.NEW_BAND_INIT)",)
+
+
+def _imagenet(name: str, bands: tuple[str, ...], img_size: int, weights: str, arch: str | None) -> VisionTransformer:
+    """An ImageNet ViT over ``bands`` with the named model's own statistics (also when ``arch`` shrinks it)."""
+    if arch and weights != "none" and not Path(weights).exists():
+        raise ValueError(f"arch={arch!r} replaces the architecture: use weights='none' or a local file")
+    encoder = _create(arch or IMAGENET_MODELS[name], weights, num_classes=0, img_size=img_size, in_chans=len(bands))
+    # ImageNet statistics belong to input positions R, G, B; timm tiles RGB kernels the same way (i % 3) when
+    # imagenet_all_bands asks for more channels.
+    native = get_pretrained_cfg(IMAGENET_MODELS[name])
+    encoder.pretrained_cfg = {**encoder.pretrained_cfg, "bands": bands,
+                              "mean": tuple(native.mean[i % 3] for i in range(len(bands))),
+                              "std": tuple(native.std[i % 3] for i in range(len(bands)))}
+    return encoder
+
+
+def _prithvi(card: DatasetCard, img_size: int, weights: str, arch: str | None, num_heads: int) -> VisionTransformer:
+    """Prithvi-EO-2.0 from its official checkpoint; ``weights='none'``: a random one in the same layout (``arch``,
+    a timm ViT name, shrinks it for CPU tests)."""
     from evaluation.prithvi import load_prithvi_checkpoint, prithvi_to_timm, random_prithvi_checkpoint
 
-    if weights == "none":  # the official layout, random values; ``arch`` (a timm ViT) shrinks it for CPU tests
-        dims = dict(embed_dim=1024, depth=24, num_heads=prithvi_num_heads)
+    if weights == "none":
+        dims = dict(embed_dim=1024, depth=24, num_heads=num_heads)
         if arch:
             shape = timm.create_model(arch, pretrained=False, num_classes=0)
             dims = dict(embed_dim=shape.embed_dim, depth=len(shape.blocks), num_heads=shape.blocks[0].attn.num_heads)
-        state = random_prithvi_checkpoint(decoder_depth=1, **dims)
-        heads = dims["num_heads"]
-    else:
-        if weights == "hub":
-            from huggingface_hub import hf_hub_download
+        return prithvi_to_timm(random_prithvi_checkpoint(decoder_depth=1, **dims), card.bands, img_size=img_size,
+                               num_heads=dims["num_heads"])
+    if weights == "hub":
+        from huggingface_hub import hf_hub_download
 
-            weights = hf_hub_download(*PRITHVI_HUB)
-        state = load_prithvi_checkpoint(weights)
-        heads = prithvi_num_heads
-    encoder = prithvi_to_timm(state, card.bands, img_size=img_size, num_heads=heads)
-    indices = band_indices(card, encoder.pretrained_cfg["bands"], name)
-    if "reflectance_per_dn" in card.options:
-        max_value = 1.0 / float(card.options["reflectance_per_dn"])
-    return _with_normalization(name, encoder, indices, card, normalization, dataset_stats, weights, max_value)
+        weights = hf_hub_download(*PRITHVI_HUB)
+    return prithvi_to_timm(load_prithvi_checkpoint(weights), card.bands, img_size=img_size, num_heads=num_heads)
 
 
 def _arctic_weight_bands(model: str, weights: str) -> tuple[str, ...]:

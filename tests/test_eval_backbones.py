@@ -49,9 +49,10 @@ def test_imagenet_backbone_without_blue_needs_an_explicit_band_mapping():
     card = _card(("nir", "green", "red"), bit_depth=8)
     with pytest.raises(ValueError, match=r"needs band\(s\) \['blue'\] but dataset 't' has"):
         build_backbone("imagenet_supervised_vit_large", card, 64, weights="none", arch="vit_tiny_patch16_224")
-    mapped = build_backbone("imagenet_supervised_vit_large", card, 64, weights="none", arch="vit_tiny_patch16_224",
+    mapped = build_backbone("imagenet_mae_vit_large", card, 64, weights="none", arch="vit_tiny_patch16_224",
                             rgb_bands=("nir", "green", "red"))
     assert mapped.band_indices == (0, 1, 2)
+    assert mapped.encoder.pretrained_cfg["mean"] == (0.485, 0.456, 0.406)  # statistics follow the R, G, B slots
     tiled = build_backbone("imagenet_supervised_vit_large", _card(), 64, weights="none",
                            arch="vit_tiny_patch16_224", imagenet_all_bands=True)
     assert tiled.encoder.patch_embed.proj.in_channels == 4
