@@ -89,6 +89,8 @@ def exact_ap_batched(
         raise ValueError(f"damping must be in [0.5, 1), got {damping}")
     S = similarities
     B, m, _ = S.shape
+    if m == 1:  # a single item is its own exemplar (the messages need a second candidate)
+        return ExactAPResult(labels=np.zeros((B, 1), np.int64), n_iter=0, converged=np.ones(B, bool))
     diag = np.arange(m)
     if weights is not None:
         S *= weights.astype(np.float32)[:, :, None]

@@ -125,8 +125,8 @@ def standardise(
     """
     weights = {"spectral": 1.0, "texture": 1.0, "metadata": 0.5, **(weights or {})}
     x = descriptors.astype(np.float64)
-    mean = np.nanmean(x, axis=0) if len(x) else np.zeros(x.shape[1])
-    mean = np.where(np.isnan(mean), 0.0, mean)
+    known = ~np.isnan(x)
+    mean = np.nansum(x, axis=0) / np.maximum(known.sum(axis=0), 1)  # 0 for a column with no known value
     centred = np.where(np.isnan(x), 0.0, x - mean)
     std = np.sqrt((centred**2).mean(axis=0)) if len(x) else np.ones(x.shape[1])
     std = np.where(std > 1e-12, std, np.inf)

@@ -120,14 +120,20 @@ def read_chip_rgb(row: pd.Series, size: int = 96) -> np.ndarray:
 
     False-colour sources without blue (e.g. nir,green,red) show as they are stored.
     """
+    import warnings
+
     import rasterio
     from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning
     from rasterio.windows import Window
 
     bands = row["bands"].split(",")
     wanted = ["red", "green", "blue"]
     order = [bands.index(b) + 1 for b in wanted] if all(b in bands for b in wanted) else [1, 2, 3][: len(bands)]
-    with rasterio.open(row["source_path"]) as src:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        src = rasterio.open(row["source_path"])
+    with src:
         data = src.read(
             order, window=Window(int(row["col_off"]), int(row["row_off"]), int(row["width"]), int(row["height"])),
             out_shape=(len(order), size, size), resampling=Resampling.average,
