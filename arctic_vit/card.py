@@ -61,17 +61,20 @@ def card_data(config: Mapping[str, Any], results: Sequence[Mapping[str, Any]] = 
 
 
 def results_table(results: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown table: task | dataset | backbone | foreground mean F1 (mean ± std, seeds) | Δ vs reference (95 % CI)."""
-    lines = ["| task | dataset | backbone | foreground mean F1 | Δ vs reference [95 % CI] |", "|---|---|---|---|---|"]
+    """Markdown table: recipe | dataset | backbone | foreground mean F1 (mean ± std, seeds) | Δ vs reference (CI)."""
+    lines = ["| recipe | dataset | backbone | weights | foreground mean F1 | Δ vs reference [95 % CI] |",
+             "|---|---|---|---|---|---|"]
     for r in results:
         value = "–" if r.get("value") is None else f"{r['value']:.3f} ± {r.get('std') or 0:.3f} ({r.get('n_seeds', 1)})"
         ci = r.get("ci95")
         diff = r.get("diff_vs_reference")
         delta = "reference" if diff == 0.0 and not ci else (
             f"{diff:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "–")
-        lines.append(f"| {r['task']} | {r['dataset']} | {r.get('backbone', '')} | {value} | {delta} |")
+        weights = Path(str(r.get("weights", "–"))).name if "/" in str(r.get("weights", "")) else r.get("weights", "–")
+        lines.append(f"| {r.get('recipe', r['task'])} | {r['dataset']} | {r.get('backbone', '')} | {weights} | {value} "
+                     f"| {delta} |")
     if len(lines) == 2:
-        lines.append("| – | – | – | not evaluated yet | – |")
+        lines.append("| – | – | – | – | not evaluated yet | – |")
     return "\n".join(lines)
 
 
@@ -115,15 +118,19 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
     """The ``results`` rows of an evaluation JSON (``evaluation.compare``'s model_card.json), or of a list of them."""
     data = json.loads(Path(path).read_text())
     blocks = data if isinstance(data, list) else [data]
-    return [row for block in blocks for row in block.get("results", [])]
+    return [{"recipe": block.get("recipe", row["task"])} | row for block in blocks for row in block.get("results", [])]
 
 
 def render_model_card(
     config: Mapping[str, Any],
     results: Sequence[Mapping[str, Any]] = (),
     own_backbone: str | None = None,
+    index_rows: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
-    """Render the card Markdown (YAML front matter + sections) for an export's ``config.json``."""
+    """Render the card Markdown (YAML front matter + sections) for an export's ``config.json``.
+
+    ``results`` fill the evaluation table; the model-index holds ``index_rows`` when given, else this model's rows.
+    """
     meta = config.get("arctic_vit", {})
     cfg = config.get("pretrained_cfg", {})
     variant = meta.get("variant", config.get("architecture", "arctic_mae_vit"))
@@ -152,7 +159,11 @@ def render_model_card(
         or "- not recorded in this export",
     }
     template = resources.files(__package__).joinpath("templates", TEMPLATE).read_text()
-    return str(ModelCard.from_template(card_data(config, results, own_backbone), template_str=template, **values))
+    if index_rows is None:
+        data = card_data(config, results, own_backbone)
+    else:
+        data = card_data(config, index_rows)
+    return str(ModelCard.from_template(data, template_str=template, **values))
 
 
 def registry_config(key: str) -> dict[str, Any]:
@@ -180,10 +191,24 @@ def registry_config(key: str) -> dict[str, Any]:
 
 
 def render_registry_cards(results: Sequence[Mapping[str, Any]] = ()) -> dict[str, str]:
-    """Card Markdown of every registry tag, keyed by file name (``<arch>.md``)."""
-    from .models import _PRETRAINED_CFGS
+    """Card Markdown of every registry tag, keyed by file name (``<arch>.md``).
 
-    return {f"{key.split('.', 1)[0]}.md": render_model_card(registry_config(key), results) for key in _PRETRAINED_CFGS}
+    A card shows the comparisons (recipes) its own size took part in (``arctic_mae_vit_<size>``), and only its own
+    rows enter its model-index.
+    """
+    from .models import _PRETRAINED_CFGS, ARCTIC_SIZES
+
+    cards = {}
+    for key in _PRETRAINED_CFGS:
+        arch = key.split(".", 1)[0]
+        own = next(f"arctic_mae_vit_{size}" for size in ARCTIC_SIZES if f"_{size}_" in arch)
+        recipes = {r.get("recipe") for r in results if r.get("backbone") == own}
+        rows = [r for r in results if r.get("recipe") in recipes]
+        # the model-index of a registry card holds results of its published weights only ("hub"), never of a
+        # locally trained stand-in of the same size
+        own_index = [r for r in rows if r.get("backbone") == own and r.get("weights") == "hub"]
+        cards[f"{arch}.md"] = render_model_card(registry_config(key), rows, own_backbone=own, index_rows=own_index)
+    return cards
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,8 +55,8 @@ class DemoSize:
 SIZES = {
     "quick": DemoSize(scenes=4, scene_px=768, chip_px=128, budget=48, pretrain_epochs=4, pretrain_img=64,
                       finetune_epochs=2, seeds=(0,), tasks=("iwp", "rts")),
-    "default": DemoSize(scenes=8, scene_px=1024, chip_px=128, budget=160, pretrain_epochs=30, pretrain_img=64,
-                        finetune_epochs=6, seeds=(0, 1, 2), tasks=("iwp", "rts", "tcn", "infrastructure")),
+    "default": DemoSize(scenes=12, scene_px=1024, chip_px=128, budget=320, pretrain_epochs=60, pretrain_img=64,
+                        finetune_epochs=12, seeds=(0, 1, 2), tasks=("iwp", "rts", "tcn", "infrastructure")),
 }
 
 

@@ -1,1 +1,4 @@
-"""Curation, MAE pretraining and export of the arctic encoder (run from the repo root: ``python -m training.<stage>``)."""
+"""Curation, MAE pretraining and export of the arctic encoder.
+
+Run from the repository root: ``python -m training.<stage>``.
+"""
