@@ -69,7 +69,7 @@ def test_results_table_parses_and_card_validates(demo):
     assert len(rows) == 2 * 3  # quick size: 2 tasks x (curated, random subset, random init)
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert 0.0 <= float(cells[3].split(" ± ")[0]) <= 1.0
+        assert 0.0 <= float(cells[4].split(" ± ")[0]) <= 1.0
     card = ModelCard.load(out / "export" / "mae_curated" / "README.md")
     assert card.data.library_name == "timm" and card.data.license
     assert {r.dataset_name for r in card.data.eval_results} == {"synthetic_iwp", "synthetic_rts"}
