@@ -53,3 +53,12 @@ def maple_dir() -> Path:
     if not (MAPLE_DIR / "unlabelled").is_dir():
         pytest.skip(f"real MAPLE data not available at {MAPLE_DIR}")
     return MAPLE_DIR
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for a test: small models run faster so on an oversubscribed CPU; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,13 +21,7 @@ from evaluation.prithvi import PRITHVI_MEAN, random_prithvi_checkpoint
 STATS = {"mean": [300.0, 400.0, 500.0, 600.0], "std": [50.0, 60.0, 70.0, 80.0]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread here: on a shared, oversubscribed CPU more threads make these small models much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _card(bands=("blue", "green", "red", "nir"), bit_depth=11):

@@ -16,14 +16,7 @@ from evaluation.prithvi import (
     random_prithvi_checkpoint,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread here: on a shared, oversubscribed CPU more threads make these small models much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def reference_pos_embed(dim: int, frames: int, rows: int, cols: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ local run for the same seed (each task is a pure function of its inputs).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -249,6 +250,18 @@ class HierarchicalAPResult:
     levels: list[dict] = field(default_factory=list)  # per level: points in, exemplars out, seconds
 
 
+def _single_threaded_blas(fn: Callable) -> Callable:
+    """Run ``fn`` with one BLAS thread: many small matmuls, where BLAS threads only spin (Dask parallelises)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with threadpool_limits(limits=1):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_single_threaded_blas
 def hierarchical_ap(
     x: np.ndarray,
     *,
@@ -272,31 +285,6 @@ def hierarchical_ap(
     preference that gives ``target_k`` clusters (bisection). ``split``: re-run AP inside each final cluster and keep
     the splits that raise the net similarity (with 'target_k': then merge the clusters by weighted AP down to k).
     """
-    with threadpool_limits(limits=1):  # many small matmuls: BLAS threads only spin; parallelism is Dask's
-        return _hierarchical_ap(
-            x, preference=preference, quantile=quantile, target_k=target_k, partition_size=partition_size,
-            damping=damping, max_iter=max_iter, convergence_iter=convergence_iter, refine_iter=refine_iter,
-            split=split, chunk_size=chunk_size, seed=seed, client=client, progress=progress,
-        )
-
-
-def _hierarchical_ap(
-    x: np.ndarray,
-    *,
-    preference: str | float = "median",
-    quantile: float = 0.5,
-    target_k: int | None = None,
-    partition_size: int = 256,
-    damping: float = 0.7,
-    max_iter: int = 200,
-    convergence_iter: int = 15,
-    refine_iter: int = 3,
-    split: bool = True,
-    chunk_size: int = 16384,
-    seed: int = 0,
-    client=None,
-    progress: Callable[[int], None] | None = None,
-) -> HierarchicalAPResult:
     import time
 
     x = np.ascontiguousarray(x, np.float32)
