@@ -411,10 +411,18 @@ def save_reconstruction_png(model: MaskedAutoencoder, batch: tuple[torch.Tensor,
     band_mean = torch.tensor(stats["mean"], device=device).view(1, -1, 1, 1)
     band_std = torch.tensor(stats["std"], device=device).view(1, -1, 1, 1)
     titles = ["input", "masked", "reconstruction", "reconstruction + visible"]
+    names = list(stats.get("bands", []))
+    shown_bands = ([names.index(b) for b in ("red", "green", "blue")] if {"red", "green", "blue"} <= set(names)
+                   else list(range(min(3, images.shape[1]))))  # true colour when possible, else the first bands
+    # one 2-98 % stretch per input over its shown bands (colour balance kept), at least 0.1 wide, applied to all its
+    # panels: 11-bit DNs sit low in [0, 1] and would look black, and a flat chip must not become noise
+    reference = (images * band_std + band_mean)[:, shown_bands].flatten(1)
+    low = torch.quantile(reference, 0.02, dim=1).view(-1, 1, 1, 1)
+    high = torch.maximum(torch.quantile(reference, 0.98, dim=1).view(-1, 1, 1, 1), low + 0.1)
     fig, axes = plt.subplots(len(images), 4, figsize=(12, 3 * len(images)), squeeze=False)
     for col, panel in enumerate(panels):
-        shown = (panel * band_std + band_mean).clamp(0, 1)
-        shown = shown[:, :3] if shown.shape[1] >= 3 else shown[:, :1].expand(-1, 3, -1, -1)
+        shown = (((panel * band_std + band_mean)[:, shown_bands] - low) / (high - low)).clamp(0, 1)
+        shown = shown if shown.shape[1] == 3 else shown[:, :1].expand(-1, 3, -1, -1)
         for row in range(len(images)):
             axes[row, col].imshow(shown[row].permute(1, 2, 0).cpu().numpy())
             axes[row, col].set_axis_off()
