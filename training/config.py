@@ -95,3 +95,15 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Resolve the config named by ``add_config_arguments`` options."""
     paths = args.config or ([args._default_config] if args._default_config else [])
     return load_config(*paths, overrides=args.overrides)
+
+
+def stage_cli(doc: str | None, default_config: str | Path, argv: Sequence[str] | None = None,
+              ) -> tuple[argparse.ArgumentParser, dict[str, Any]]:
+    """The shared start of a stage's ``main``: parser (``--config`` + overrides), resolved config, INFO logging."""
+    import logging
+
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    add_config_arguments(parser, default_config)
+    cfg = config_from_args(parser.parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return parser, cfg

@@ -9,7 +9,6 @@ units), so ``timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from training.checkpoint import latest_checkpoint, load_checkpoint
-from training.config import add_config_arguments, config_from_args, write_resolved
+from training.config import stage_cli, write_resolved
 
 LOG = logging.getLogger("training.export")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "pretrain_export.yaml"
@@ -74,10 +73,7 @@ def export_checkpoint(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_arguments(parser, DEFAULT_CONFIG)
-    cfg = config_from_args(parser.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    parser, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv)
     options = dict(cfg["export"])
     if not options.get("checkpoint"):
         parser.error("export.checkpoint=<file or folder> is required")

@@ -11,7 +11,6 @@ per shard), each atomically (temp file + rename); ``stats.json`` holds per-band 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -27,7 +26,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from training.config import add_config_arguments, config_from_args, write_resolved
+from training.config import stage_cli, write_resolved
 from training.shards import INDEX_NAME, SHARD_FORMAT, STATS_NAME
 
 LOG = logging.getLogger("training.pack")
@@ -248,10 +247,7 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_arguments(parser, DEFAULT_CONFIG)
-    cfg = config_from_args(parser.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv)
     options = dict(cfg["pack"])
     out_dir = options.pop("out_dir")
     pack(out_dir, **options)

@@ -10,7 +10,6 @@ Exact resume: a checkpoint holds model, optimizer, scheduler, scaler, every rank
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import logging
@@ -39,7 +38,7 @@ from training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from training.config import add_config_arguments, config_from_args, write_resolved
+from training.config import stage_cli, write_resolved
 from training.mae import MaskedAutoencoder, build_mae
 from training.schedule import scaled_lr, warmup_cosine_scheduler
 from training.shards import AugmentConfig, ShardDataset, ShardSampler, read_stats
@@ -436,10 +435,7 @@ def save_reconstruction_png(model: MaskedAutoencoder, batch: tuple[torch.Tensor,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_arguments(parser, DEFAULT_CONFIG)
-    cfg = config_from_args(parser.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv)
     try:
         summary = pretrain(cfg)
     finally:
