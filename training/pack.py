@@ -250,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     _, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv)
     options = dict(cfg["pack"])
     out_dir = options.pop("out_dir")
+    if options.get("manifest"):  # `bands` names a chip folder's band order; a manifest names its own
+        options.pop("bands", None)
     pack(out_dir, **options)
     write_resolved(cfg, out_dir)
 
