@@ -111,3 +111,23 @@ def test_every_registered_arctic_size_builds_the_mae_layout():
         mae = build_mae({"encoder": name, **TINY_DECODER}, ("nir", "green", "red"), 32)
         assert {"patch_embed.proj.weight", "cls_token", "pos_embed", "norm.weight", "mask_token",
                 "decoder_pred.weight"} <= set(mae.state_dict())
+
+
+def test_math_attention_matches_fused_and_auto_picks_it_for_cpu_bf16():
+    from training.pretrain import resolve_attention, set_attention
+
+    torch.manual_seed(0)
+    model = tiny_mae(("blue", "green", "red", "nir"), 64).eval()
+    images = torch.randn(2, 4, 64, 64)
+    outputs = {}
+    for attention in ("fused", "math"):
+        assert set_attention(model, attention) == 12 + TINY_DECODER["decoder_depth"]  # every encoder + decoder block
+        assert {m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")} == {attention == "fused"}
+        torch.manual_seed(1)  # the same random mask
+        outputs[attention] = model(images)[1]
+    torch.testing.assert_close(outputs["math"], outputs["fused"], rtol=1e-4, atol=1e-5)
+    assert resolve_attention("auto", "bf16", torch.device("cpu")) == "math"
+    assert resolve_attention("auto", "fp32", torch.device("cpu")) == "fused"
+    assert resolve_attention("auto", "bf16", torch.device("cuda")) == "fused"
+    with pytest.raises(ValueError, match=r"run\.attention"):
+        resolve_attention("flash", "bf16", torch.device("cpu"))
