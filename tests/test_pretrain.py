@@ -73,8 +73,12 @@ def test_run_writes_logs_png_and_safe_checkpoints(shards, tmp_path):
     assert "lr = blr" in result.stderr and "effective batch 4" in result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["step"] == 8 and summary["steps_per_epoch"] == 4 and summary["accum"] == 2
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = [m for m in lines if "loss" in m]
     assert [m["step"] for m in metrics] == list(range(1, 9))
+    vis = [m for m in lines if "vis_mse_ratio" in m]  # with each reconstruction PNG: its error against a baseline
+    assert [m["step"] for m in vis] == [4, 8]
+    assert all(m["vis_masked_mse"] > 0 and m["vis_baseline_mse"] > 0 for m in vis)
     assert metrics[0]["lr"] < metrics[3]["lr"]  # per-iteration warmup over the first epoch
     assert all(m["img_per_s"] > 0 for m in metrics)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
@@ -156,3 +160,44 @@ def test_paper_config_builds_vit_large_and_runs_two_steps(shards, tmp_path):
     state = load_checkpoint(summary["checkpoint"])
     assert state["model"]["pos_embed"].shape == (1, 197, 1024) and len({k.split(".")[1] for k in state["model"]
                                                                         if k.startswith("blocks.")}) == 24
+
+
+def test_reconstruction_error_counts_masked_valid_pixels_only():
+    from training.pretrain import reconstruction_error
+
+    images = torch.zeros(1, 2, 4, 4)
+    mask = torch.zeros(1, 2, 4, 4)
+    mask[..., :2, :] = 1  # top half masked
+    valid = torch.ones(1, 4, 4)
+    valid[:, 0, 0] = 0  # a nodata pixel inside the masked half
+    recon = torch.zeros_like(images)
+    recon[..., 2:, :] = 5.0  # wrong only where visible: no error
+    recon[..., 0, 0] = 9.0  # wrong only on nodata: no error
+    baseline = torch.ones_like(images)
+    errors = reconstruction_error(images, valid, recon, mask, baseline)
+    assert errors == {"vis_masked_mse": 0.0, "vis_baseline_mse": 1.0, "vis_mse_ratio": 0.0}
+    recon[..., 1, :] = 2.0  # wrong on 4 of the 7 valid masked pixels per band
+    assert reconstruction_error(images, valid, recon, mask, baseline)["vis_mse_ratio"] == pytest.approx(16 / 7)
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_reconstruction_png_baseline_is_what_needs_no_learning(norm_pix_loss, tmp_path):
+    """An MAE whose decoder predicts zeros reproduces the baseline exactly: with norm-pix loss each masked patch's own
+    mean; with pixel loss the corpus mean, which is no better than the image's visible mean."""
+    from training.mae import build_mae
+    from training.pretrain import save_reconstruction_png
+
+    torch.manual_seed(0)
+    model = build_mae({"encoder": "arctic_mae_vit_tiny_patch16_224", "decoder_embed_dim": 32, "decoder_depth": 1,
+                       "decoder_num_heads": 2, "norm_pix_loss": norm_pix_loss}, ("nir", "green", "red"), 32)
+    torch.nn.init.zeros_(model.decoder_pred.weight)
+    torch.nn.init.zeros_(model.decoder_pred.bias)
+    images = torch.randn(2, 3, 32, 32) + torch.tensor([1.0, -1.0, 0.5]).view(1, 3, 1, 1)
+    stats = {"bands": ["nir", "green", "red"], "mean": [0.5, 0.4, 0.3], "std": [0.1, 0.1, 0.1]}
+    errors = save_reconstruction_png(model, (images, torch.ones(2, 32, 32, dtype=torch.bool)), stats,
+                                     tmp_path / "vis.png", seed=0)
+    assert (tmp_path / "vis.png").stat().st_size > 0
+    if norm_pix_loss:
+        assert errors["vis_mse_ratio"] == pytest.approx(1.0)
+    else:
+        assert errors["vis_mse_ratio"] > 1.0

@@ -302,7 +302,9 @@ def pretrain(cfg: dict[str, Any]) -> dict[str, Any]:
                     logger.log(step, epoch=epoch, loss=loss_value, lr=optimizer.param_groups[0]["lr"],
                                img_per_s=images_per_s)
                 if ctx.is_main and run.get("vis_every") and (step % int(run["vis_every"]) == 0 or step == stop_step):
-                    save_reconstruction_png(model, vis_batch, stats, out_dir / "vis" / f"step_{step:08d}.png", seed)
+                    errors = save_reconstruction_png(model, vis_batch, stats, out_dir / "vis" / f"step_{step:08d}.png",
+                                                     seed)
+                    logger.log(step, **errors)
                 if step % int(run.get("ckpt_every_steps", 1000)) == 0 or step == stop_step:
                     summary["checkpoint"] = str(_save(ckpt_dir, model, optimizer, scheduler, scaler, step, plan, cfg,
                                                       ctx, run))
@@ -405,10 +407,30 @@ def _fixed_batch(dataset: ShardDataset, count: int) -> tuple[torch.Tensor, torch
     return torch.stack([x for x, _ in items]), torch.stack([v for _, v in items])
 
 
+def reconstruction_error(images: torch.Tensor, valid: torch.Tensor, recon: torch.Tensor, mask_pixels: torch.Tensor,
+                         baseline: torch.Tensor) -> dict[str, float]:
+    """images, recon, baseline: (N, C, H, W), valid: (N, H, W), mask_pixels: (N, C, H, W) 1 = masked -> errors.
+
+    Mean squared error over the masked, valid pixels (normalised units) of the reconstruction and of a baseline
+    that learned nothing spatial; ``vis_mse_ratio`` < 1 means the reconstruction is closer to the input.
+    """
+    weight = mask_pixels * valid[:, None]
+    total = weight.sum().clamp_min(1.0)
+    recon_mse = float((((recon - images) ** 2) * weight).sum() / total)
+    baseline_mse = float((((baseline - images) ** 2) * weight).sum() / total)
+    return {"vis_masked_mse": recon_mse, "vis_baseline_mse": baseline_mse,
+            "vis_mse_ratio": recon_mse / max(baseline_mse, 1e-12)}
+
+
 @torch.no_grad()
 def save_reconstruction_png(model: MaskedAutoencoder, batch: tuple[torch.Tensor, torch.Tensor],
-                            stats: dict[str, Any], path: Path, seed: int) -> Path:
-    """Rows of input | masked input | reconstruction | reconstruction with visible patches pasted, first 3 bands."""
+                            stats: dict[str, Any], path: Path, seed: int) -> dict[str, float]:
+    """Rows of input | masked input | reconstruction | reconstruction with visible patches pasted, first 3 bands.
+
+    Returns :func:`reconstruction_error` of the masked patches. Baseline: with ``norm_pix_loss`` each masked patch
+    filled with its own true mean (the part of the picture the reconstruction takes from the target, not the model);
+    without it, with the image's mean over its visible pixels.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -426,6 +448,13 @@ def save_reconstruction_png(model: MaskedAutoencoder, batch: tuple[torch.Tensor,
     _, _, mean, std = model.target_patches(images, valid)
     recon = model.unpatchify(pred * std + mean)
     mask_pixels = model.unpatchify(mask[..., None].expand(-1, -1, model.patch_size**2 * model.in_chans))
+    if model.norm_pix_loss:
+        baseline = model.unpatchify(mean.expand_as(pred))
+    else:
+        seen = (1 - mask_pixels) * valid[:, None]
+        baseline = ((images * seen).sum((2, 3), keepdim=True) / seen.sum((2, 3), keepdim=True).clamp_min(1.0))
+        baseline = baseline.expand_as(images)
+    errors = reconstruction_error(images, valid.float(), recon, mask_pixels, baseline)
     panels = [images, images * (1 - mask_pixels), recon, images * (1 - mask_pixels) + recon * mask_pixels]
     band_mean = torch.tensor(stats["mean"], device=device).view(1, -1, 1, 1)
     band_std = torch.tensor(stats["std"], device=device).view(1, -1, 1, 1)
@@ -451,7 +480,7 @@ def save_reconstruction_png(model: MaskedAutoencoder, batch: tuple[torch.Tensor,
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
-    return path
+    return errors
 
 
 def main(argv: Sequence[str] | None = None) -> None:
