@@ -168,7 +168,7 @@ def build_loader(cfg: dict[str, Any], ctx: DistributedContext) -> tuple[ShardDat
     workers = int(data.get("num_workers", 0))
     loader = DataLoader(
         dataset, batch_size=int(data["batch_size"]), sampler=sampler, num_workers=workers, drop_last=True,
-        pin_memory=ctx.device.type == "cuda", persistent_workers=False,
+        pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0,  # no worker start-up per epoch
         worker_init_fn=_worker_init if workers else None,
         generator=torch.Generator().manual_seed(0),  # keeps the global RNG untouched by loader start-up
         prefetch_factor=data.get("prefetch_factor", 2) if workers else None,
