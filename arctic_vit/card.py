@@ -70,7 +70,7 @@ def results_table(results: Sequence[Mapping[str, Any]]) -> str:
         diff = r.get("diff_vs_reference")
         delta = "reference" if diff == 0.0 and not ci else (
             f"{diff:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "–")
-        weights = Path(str(r.get("weights", "–"))).name if "/" in str(r.get("weights", "")) else r.get("weights", "–")
+        weights = r.get("weights", "–")  # "hub", "random init", or the local folder it was loaded from
         lines.append(f"| {r.get('recipe', r['task'])} | {r['dataset']} | {r.get('backbone', '')} | {weights} | {value} "
                      f"| {delta} |")
     if len(lines) == 2:
