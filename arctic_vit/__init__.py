@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import bands, hub, models, transforms
+from . import bands, corpus, hub, models, transforms
 from .bands import CANONICAL_BANDS, validate_bands
+from .corpus import ContractError, CorpusContract, normalize_for
 from .hub import export_folder, filter_encoder_state_dict, push_folder
 from .pyramid import SimpleFeaturePyramid, ViTPyramidEncoder
-from .transforms import MultispectralNormalize, normalize_for
+from .transforms import MultispectralNormalize
 
 try:
     __version__ = version("arctic-vit")
@@ -28,11 +29,14 @@ else:
 
 __all__ = [
     "CANONICAL_BANDS",
+    "ContractError",
+    "CorpusContract",
     "MultispectralNormalize",
     "SimpleFeaturePyramid",
     "ViTPyramidEncoder",
     "__version__",
     "bands",
+    "corpus",
     "export_folder",
     "filter_encoder_state_dict",
     "hub",

@@ -1,17 +1,17 @@
-"""Normalisation of multispectral tensors (any band count, any bit depth) from a model's ``pretrained_cfg``.
+"""Normalisation of multispectral tensors (any band count, any bit depth); built from a corpus contract by
+``arctic_vit.corpus.normalize_for`` / ``CorpusContract.normalizer``.
 
 timm's own transforms are PIL/RGB-only; VHSR imagery arrives as 8-, 11- or 16-bit digital numbers in C bands.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["MultispectralNormalize", "normalize_for"]
+__all__ = ["MultispectralNormalize"]
 
 
 class MultispectralNormalize(nn.Module):
@@ -37,15 +37,3 @@ class MultispectralNormalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bands={self.mean.shape[0]}, max_value={self.max_value:g}"
-
-
-def normalize_for(model_or_cfg: nn.Module | Mapping[str, Any], bit_depth: int | None = None) -> MultispectralNormalize:
-    """Build the normalisation a model expects from its ``pretrained_cfg`` (mean/std, bit depth; 8-bit by default).
-
-    ``bit_depth`` overrides the one in the config, e.g. for 8-bit exports of imagery whose weights saw 11-bit DNs.
-    """
-    cfg = model_or_cfg if isinstance(model_or_cfg, Mapping) else getattr(model_or_cfg, "pretrained_cfg", None)
-    if not cfg or "mean" not in cfg or "std" not in cfg:
-        raise ValueError("no pretrained_cfg with mean/std to build a normalisation from")
-    depth = int(bit_depth if bit_depth is not None else cfg.get("bit_depth", 8))
-    return MultispectralNormalize(cfg["mean"], cfg["std"], max_value=float(2**depth - 1))

@@ -7,7 +7,8 @@ import timm
 import torch
 
 import arctic_vit
-from arctic_vit.transforms import MultispectralNormalize, normalize_for
+from arctic_vit.corpus import normalize_for
+from arctic_vit.transforms import MultispectralNormalize
 
 NAME = "arctic_mae_vit_tiny_patch16_224"
 MEAN = (0.11, 0.22, 0.33, 0.44)

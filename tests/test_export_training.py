@@ -52,7 +52,7 @@ def test_export_writes_encoder_only_with_corpus_pretrained_cfg(trained, tmp_path
 
     plain = timm.create_model(f"local-dir:{out}")  # stock timm, no arctic code needed to read the folder
     plain.load_state_dict(weights, strict=True)
-    from arctic_vit.transforms import normalize_for
+    from arctic_vit.corpus import normalize_for
 
     normalize = normalize_for(model)
     dn = torch.full((1, 3, 32, 32), 255.0)
