@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from evaluation.datasets.base import ChipDataset, Reject
-from evaluation.datasets.card import IGNORE_INDEX, DatasetCard, assign_splits, load_card
+from evaluation.datasets.card import IGNORE_INDEX, DatasetCard, load_card
 from evaluation.datasets.raster_pairs import RasterPairDataset
 from evaluation.datasets.vector import VectorDataset
 from evaluation.datasets.via_json import ViaJsonDataset
@@ -27,5 +27,5 @@ def build_dataset(card: DatasetCard | str | Path, split: str | None = None) -> C
 
 
 __all__ = [
-    "IGNORE_INDEX", "LOADERS", "ChipDataset", "DatasetCard", "Reject", "assign_splits", "build_dataset", "load_card",
+    "IGNORE_INDEX", "LOADERS", "ChipDataset", "DatasetCard", "Reject", "build_dataset", "load_card",
 ]

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from evaluation.datasets.card import IGNORE_INDEX, DatasetCard, assign_splits
+from evaluation.datasets.card import IGNORE_INDEX, DatasetCard
 
 
 @dataclass(frozen=True)
@@ -29,22 +30,51 @@ class Reject:
 
 
 class ChipDataset(Dataset):
-    """Base class: subclasses list their items (``_list_items``: id -> anything) and load one (``_load``)."""
+    """Base class: subclasses list the items of one folder (``_list_items(root)``: id -> anything) and load one
+    (``_load``). The card's ``splits`` say which folder each split reads and how the rest is divided.
+
+    ``split_of``: id -> split for every chip; ``group_of``: id -> group (scene) key, the chip itself when unknown.
+    """
 
     def __init__(self, card: DatasetCard, split: str | None = None) -> None:
         self.card = card
         self.rejects: list[Reject] = []
-        items = self._list_items()
+        spec = card.splits
+        if split is not None and split not in spec.names:
+            raise ValueError(f"dataset {card.name!r} has no split {split!r}; splits: {list(spec.names)} "
+                             f"({card.source or 'card'} splits)")
+        items: dict[str, object] = {}
+        self.split_of: dict[str, str] = {}
+        for name, folder in spec.folders.items():
+            self._add(items, self._list_items(folder), f"folder {folder}")
+            self.split_of.update(dict.fromkeys(self._last_added, name))
+        self.moved: list[str] = []
+        if spec.open_fractions or spec.list_file or not spec.folders:
+            found = self._list_items(card.root)
+            self._add(items, found, f"root {card.root}")
+            assigned, self.moved = spec.assign(list(found))
+            self.split_of.update(assigned)
         if not items:
             raise ValueError(f"dataset {card.name!r}: no samples found under {card.root}")
-        self.split_of = assign_splits(list(items), card.split_fractions, card.split_seed)
-        if split is not None and split not in card.split_fractions:
-            raise ValueError(f"dataset {card.name!r} has no split {split!r}; splits: {list(card.split_fractions)}")
+        self.group_of = {i: spec.group_of(i) for i in items}
         self.split = split
         self.ids = sorted(i for i in items if split is None or self.split_of[i] == split)
+        if split is not None and not self.ids:
+            groups = len(set(self.group_of.values()))
+            raise ValueError(f"split {split!r} of dataset {card.name!r} is empty ({len(items)} chips in {groups} "
+                             f"group(s), splits {spec.kind}); give more chips/groups or other splits.fractions "
+                             f"({card.source or 'card'})")
         self._items = items
 
-    def _list_items(self) -> dict[str, object]:
+    def _add(self, items: dict, found: dict, where: str) -> None:
+        twice = sorted(set(items) & set(found))
+        if twice:
+            raise ValueError(f"dataset {self.card.name!r}: chip id(s) {twice[:3]} of {where} are already in another "
+                             "split: an id may be in one split only (card splits.folders)")
+        items.update(found)
+        self._last_added = list(found)
+
+    def _list_items(self, root: Path) -> dict[str, object]:
         raise NotImplementedError
 
     def _load(self, item_id: str, item: object) -> dict:

@@ -8,8 +8,10 @@
     bit_depth: 8
     gsd_m: 0.5
     latlon: null                     # [lat, lon] when every chip shares one known location, else null
-    splits: {seed: 0, fractions: {train: 0.7, val: 0.3}}
+    splits: {group: {regex: 'FID_(\\d+)', bin: 25}, fractions: {train: 0.6, val: 0.2, test: 0.2}}
     options: {annotations: via_region_data.json, class_attribute: object_name}
+
+``splits`` (folders, a list, a group key, fractions): see ``evaluation.datasets.splits``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
+
+from evaluation.datasets.splits import SplitSpec, parse_splits
+from training.config import deep_merge
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FORMATS = ("via_json", "raster_pairs", "vector")
@@ -37,8 +41,7 @@ class DatasetCard:
     bit_depth: int
     gsd_m: float | None = None
     latlon: tuple[float, float] | None = None
-    split_seed: int = 0
-    split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.3})
+    splits: SplitSpec = field(default_factory=lambda: SplitSpec({"train": 0.7, "val": 0.3}))
     options: dict[str, Any] = field(default_factory=dict)
     generate: dict[str, Any] | None = None
     source: Path | None = None
@@ -69,7 +72,11 @@ class DatasetCard:
             "name": self.name, "format": self.format, "root": str(self.root), "classes": list(self.classes),
             "bands": list(self.bands), "bit_depth": self.bit_depth, "gsd_m": self.gsd_m,
             "latlon": list(self.latlon) if self.latlon else None,
-            "splits": {"seed": self.split_seed, "fractions": dict(self.split_fractions)},
+            "splits": {"seed": self.splits.seed, "fractions": dict(self.splits.fractions),
+                       "folders": {k: str(v) for k, v in self.splits.folders.items()},
+                       "list": str(self.splits.list_file) if self.splits.list_file else None,
+                       "group": ({"regex": self.splits.group, "bin": self.splits.group_bin}
+                                 if self.splits.group else None)},
             "options": dict(self.options), "generate": self.generate,
         }
 
@@ -93,49 +100,26 @@ def card_from_dict(data: dict[str, Any], source: Path | None = None) -> DatasetC
     from arctic_vit.bands import validate_bands  # the canonical band names live in the core
 
     bands = validate_bands(data["bands"])
-    splits = data.get("splits") or {}
-    fractions = {str(k): float(v) for k, v in (splits.get("fractions") or {"train": 0.7, "val": 0.3}).items()}
-    if "train" not in fractions or any(v < 0 for v in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
-        raise ValueError(f"{where}: splits.fractions must include train, be >= 0 and sum to 1, got {fractions}")
+    root = resolve_path(data["root"])
+    splits = parse_splits({k: v for k, v in (data.get("splits") or {}).items() if v is not None}, root, where)
     latlon = data.get("latlon")
     return DatasetCard(
-        name=str(data["name"]), format=str(data["format"]), root=resolve_path(data["root"]), classes=classes,
+        name=str(data["name"]), format=str(data["format"]), root=root, classes=classes,
         bands=bands, bit_depth=int(data["bit_depth"]), gsd_m=data.get("gsd_m"),
         latlon=(float(latlon[0]), float(latlon[1])) if latlon else None,
-        split_seed=int(splits.get("seed", 0)), split_fractions=fractions, options=dict(data.get("options") or {}),
+        splits=splits, options=dict(data.get("options") or {}),
         generate=data.get("generate"), source=source,
     )
 
 
 def load_card(path: str | Path, overrides: dict[str, Any] | None = None) -> DatasetCard:
-    """Read a card YAML (``overrides`` replace top-level fields, e.g. ``{"root": "/data/iwp"}``)."""
+    """Read a card YAML; ``overrides`` merge into it (``{"root": "/data/iwp"}``, ``{"splits": {"folders": {"test":
+    "/data/iwp/test"}}}``: nested mappings merge, anything else replaces; ``splits.fractions`` replaces as a whole)."""
     path = resolve_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset card not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    data.update(overrides or {})
+    overrides = overrides or {}
+    data = deep_merge(yaml.safe_load(path.read_text()) or {}, overrides)
+    if (overrides.get("splits") or {}).get("fractions"):  # shares replace, never merge (they must sum to 1)
+        data["splits"]["fractions"] = dict(overrides["splits"]["fractions"])
     return card_from_dict(data, source=path)
-
-
-def assign_splits(ids: list[str], fractions: dict[str, float], seed: int) -> dict[str, str]:
-    """Sample id -> split name; a seeded permutation of the sorted ids, so the same ids always split the same way.
-
-    Every split with a positive fraction gets at least one id when there are enough ids.
-    """
-    ordered = sorted(ids)
-    if len(set(ordered)) != len(ordered):
-        raise ValueError("sample ids must be unique to split deterministically")
-    perm = np.random.default_rng(seed).permutation(len(ordered))
-    names = [n for n, f in fractions.items() if f > 0]
-    counts = [round(fractions[n] * len(ordered)) for n in names]
-    if len(ordered) >= len(names):
-        counts = [max(c, 1) for c in counts]
-    while sum(counts) > len(ordered):  # rounding overshoot: take from the largest split
-        counts[int(np.argmax(counts))] -= 1
-    counts[names.index("train")] += len(ordered) - sum(counts)
-    result, start = {}, 0
-    for name, count in zip(names, counts):
-        for index in perm[start : start + count]:
-            result[ordered[index]] = name
-        start += count
-    return result

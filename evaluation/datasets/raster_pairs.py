@@ -39,11 +39,11 @@ def read_image(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float] 
 
 
 class RasterPairDataset(ChipDataset):
-    def _list_items(self) -> dict[str, tuple[Path, Path]]:
+    def _list_items(self, root: Path) -> dict[str, tuple[Path, Path]]:
         options = self.card.options
         suffix = options.get("label_suffix", ".labels.tif")
         pairs = {}
-        for image_path in sorted(self.card.root.glob(options.get("image_glob", "*.tif"))):
+        for image_path in sorted(root.glob(options.get("image_glob", "*.tif"))):
             if image_path.name.endswith(suffix):
                 continue
             label_path = image_path.with_name(image_path.name[: -len(image_path.suffix)] + suffix)

@@ -35,20 +35,20 @@ def read_vector(path: Path, class_attribute: str) -> tuple[str | None, list, lis
 
 
 class VectorDataset(ChipDataset):
-    def _list_items(self) -> dict[str, tuple[Path, Path]]:
+    def _list_items(self, root: Path) -> dict[str, tuple[Path, Path]]:
         options = self.card.options
         shared = options.get("labels")
         suffix = options.get("label_suffix", ".geojson")
         items = {}
-        for image_path in sorted(self.card.root.glob(options.get("image_glob", "*.tif"))):
-            label_path = self.card.root / shared if shared else image_path.with_suffix(suffix)
+        for image_path in sorted(root.glob(options.get("image_glob", "*.tif"))):
+            label_path = root / shared if shared else image_path.with_suffix(suffix)
             if not label_path.is_file():
                 if options.get("missing_label", "error") == "skip":
                     self.reject(str(image_path), f"label file {label_path.name} missing")
                     continue
                 raise FileNotFoundError(f"vector labels for {image_path} not found: {label_path}")
             items[image_path.stem] = (image_path, label_path)
-        self._vectors: dict[Path, tuple] = {}
+        self._vectors: dict[Path, tuple] = getattr(self, "_vectors", {})
         return items
 
     def _features(self, label_path: Path) -> tuple:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import shapely
@@ -28,7 +29,7 @@ from evaluation.datasets.card import DatasetCard
 
 @dataclass(frozen=True)
 class _Chip:
-    filename: str
+    path: Path
     polygons: tuple[tuple[Polygon, int], ...]  # (polygon in pixel coordinates, class id)
 
 
@@ -36,9 +37,9 @@ class ViaJsonDataset(ChipDataset):
     def __init__(self, card: DatasetCard, split: str | None = None) -> None:
         super().__init__(card, split)
 
-    def _list_items(self) -> dict[str, _Chip]:
+    def _list_items(self, root: Path) -> dict[str, _Chip]:
         options = self.card.options
-        json_path = self.card.root / options.get("annotations", "via_region_data.json")
+        json_path = root / options.get("annotations", "via_region_data.json")
         if not json_path.is_file():
             raise FileNotFoundError(f"VIA annotation file not found: {json_path} (dataset card {self.card.name!r})")
         entries = json.loads(json_path.read_text())
@@ -51,7 +52,7 @@ class ViaJsonDataset(ChipDataset):
             filename = entry.get("filename")
             if not filename:
                 raise ValueError(f"{json_path}: entry {key!r} has no filename")
-            image_path = self.card.root / filename
+            image_path = root / filename
             if not image_path.is_file():
                 raise FileNotFoundError(f"{json_path}: image {filename!r} of entry {key!r} not found at {image_path}")
             with Image.open(image_path) as image:
@@ -63,7 +64,7 @@ class ViaJsonDataset(ChipDataset):
             chip_id = image_path.stem
             if chip_id in chips:
                 raise ValueError(f"{json_path}: image {filename!r} is listed twice")
-            chips[chip_id] = _Chip(filename, tuple(polygons))
+            chips[chip_id] = _Chip(image_path, tuple(polygons))
         return chips
 
     def _polygons(self, entry: dict, filename: str, attribute: str, width: int, height: int):
@@ -96,7 +97,7 @@ class ViaJsonDataset(ChipDataset):
         return polygons
 
     def _load(self, item_id: str, item: _Chip) -> dict:
-        path = self.card.root / item.filename
+        path = item.path
         with Image.open(path) as image:
             array = np.asarray(image)
         array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
