@@ -6,12 +6,30 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from .corpus import CORPUS_KEY, CorpusContract
 from .hub import export_folder, push_folder
 
 
 def _parse_floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
+
+
+def _contract_from_args(args: argparse.Namespace) -> CorpusContract:
+    """The corpus contract from ``--stats`` (corpus.json, a JSON with a "corpus" key, or pack's stats.json) and
+    the ``--bands/--bit-depth/--mean/--std/--gsd-m`` flags (which win); a missing field is an error."""
+    fields: dict = {}
+    if args.stats:
+        data = json.loads(Path(args.stats).read_text())
+        data = data.get(CORPUS_KEY, data) if isinstance(data, dict) else data
+        fields.update({k: data[k] for k in ("bands", "bit_depth", "mean", "std", "gsd_m", "nodata") if k in data})
+    if args.bands:
+        fields["bands"] = tuple(args.bands.split(","))
+    for key in ("mean", "std", "bit_depth", "gsd_m"):
+        if getattr(args, key) is not None:
+            fields[key] = getattr(args, key)
+    return CorpusContract.from_dict(fields, args.stats or "--bands/--bit-depth/--mean/--std")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--mean", type=_parse_floats, help="per-band mean in [0, 1] units, comma-separated")
     export.add_argument("--std", type=_parse_floats, help="per-band std in [0, 1] units, comma-separated")
     export.add_argument("--bit-depth", type=int, help="bit depth of the input digital numbers (e.g. 11)")
-    export.add_argument("--stats", help="JSON with bands/mean/std/bit_depth (training.pack's stats.json)")
+    export.add_argument("--gsd-m", type=float, help="ground sample distance of the corpus in metres")
+    export.add_argument("--stats", help="the corpus contract: corpus.json, a JSON with a 'corpus' key, or "
+                                        "training.pack's stats.json (bands, bit_depth, mean, std)")
 
     push = sub.add_parser("push", help="upload an export folder to the Hugging Face Hub (upload_folder)")
     push.add_argument("--folder", required=True)
@@ -42,17 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "export":
-        overrides: dict = {}
-        if args.stats:
-            with open(args.stats) as handle:
-                stats = json.load(handle)
-            overrides.update({k: stats[k] for k in ("bands", "mean", "std", "bit_depth") if k in stats})
-        if args.bands:
-            overrides["bands"] = tuple(args.bands.split(","))
-        for key in ("mean", "std", "bit_depth"):
-            if getattr(args, key) is not None:
-                overrides[key] = getattr(args, key)
-        out = export_folder(args.model, args.checkpoint, args.out, pretrained_cfg=overrides)
+        out = export_folder(args.model, args.checkpoint, args.out, corpus=_contract_from_args(args))
         print(f"exported {args.model} to {out}")
         return 0
     result = push_folder(args.folder, args.repo_id, revision=args.revision, token=args.token, private=args.private)

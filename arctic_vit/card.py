@@ -133,8 +133,9 @@ def render_model_card(
     """
     meta = config.get("arctic_vit", {})
     cfg = config.get("pretrained_cfg", {})
+    corpus = config["corpus"]
     variant = meta.get("variant", config.get("architecture", "arctic_mae_vit"))
-    bands = meta.get("bands", [])
+    bands = corpus["bands"]
     band_table = "\n".join(
         f"| {b} | {m:.4f} | {s:.4f} |" for b, m, s in zip(bands, cfg.get("mean", []), cfg.get("std", []))
     )
@@ -145,9 +146,9 @@ def render_model_card(
         "num_features": config.get("num_features", ""),
         "input_size": "×".join(str(v) for v in cfg.get("input_size", [])),
         "bands": ", ".join(bands),
-        "bit_depth": meta.get("bit_depth", ""),
-        "max_value": 2 ** int(meta.get("bit_depth", 8)) - 1,
-        "gsd_m": meta.get("gsd_m", ""),
+        "bit_depth": corpus["bit_depth"],
+        "max_value": 2 ** int(corpus["bit_depth"]) - 1,
+        "gsd_m": corpus.get("gsd_m") or "",
         "license": cfg.get("license", ""),
         "paper": cfg.get("paper_name", ""),
         "sha256": meta.get("weights_sha256", ""),
@@ -168,26 +169,18 @@ def render_model_card(
 
 def registry_config(key: str) -> dict[str, Any]:
     """The ``config.json`` an export of registry tag ``key`` (``arch.tag``) would carry, without weights."""
-    from .hub import METADATA_KEY, _standard_cfg
-    from .models import _PRETRAINED_CFGS, ARCTIC_SIZES, STOCK_ARCHITECTURES
+    from .corpus import CorpusContract
+    from .hub import build_config
+    from .models import _PRETRAINED_CFGS, ARCTIC_SIZES
 
     cfg = _PRETRAINED_CFGS[key].to_dict()
     arch = key.split(".", 1)[0]
     size = next(v for k, v in ARCTIC_SIZES.items() if f"_{k}_" in arch)
-    return {
-        "architecture": STOCK_ARCHITECTURES[arch],
-        "num_classes": 0,
-        "num_features": size["embed_dim"],
-        "model_args": {"in_chans": cfg["input_size"][0], "img_size": cfg["input_size"][1]},
-        "pretrained_cfg": _standard_cfg(cfg),
-        METADATA_KEY: {
-            "variant": arch,
-            "bands": list(cfg["bands"]),
-            "bit_depth": cfg["bit_depth"],
-            "gsd_m": cfg.get("gsd_m"),
-            "weights_sha256": cfg.get("sha256") or "not published yet",
-        },
-    }
+    config = build_config(arch, CorpusContract.from_pretrained_cfg(cfg), cfg, img_size=cfg["input_size"][1],
+                          num_features=size["embed_dim"], global_pool="token",
+                          weights_sha256=cfg.get("sha256") or "not published yet")
+    config["pretrained_cfg"]["notes"] = list(cfg["notes"])  # registry tags state their own (neutral) statistics
+    return config
 
 
 def render_registry_cards(results: Sequence[Mapping[str, Any]] = ()) -> dict[str, str]:

@@ -21,14 +21,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import hf_hub_download
 from torch import nn
 
 from .bands import validate_bands
 from .transforms import MultispectralNormalize
 
-__all__ = ["CONTRACT_FILENAME", "CONTRACT_VERSION", "ContractError", "CorpusContract", "normalize_for"]
+__all__ = [
+    "CONFIG_NAME",
+    "CONTRACT_FILENAME",
+    "CONTRACT_VERSION",
+    "CORPUS_KEY",
+    "ContractError",
+    "CorpusContract",
+    "contract_for",
+    "normalize_for",
+]
 
 CONTRACT_FILENAME = "corpus.json"
+CONFIG_NAME = "config.json"
+"""An export folder's config; it holds the contract under ``CORPUS_KEY``."""
+CORPUS_KEY = "corpus"
 CONTRACT_VERSION = 1
 MAX_BIT_DEPTH = 16
 REQUIRED_FIELDS = ("bands", "bit_depth")
@@ -186,28 +199,66 @@ class CorpusContract:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ContractError(f"{path}: not valid JSON ({err})") from None
-        if isinstance(data, Mapping) and "corpus" in data:
-            data = data["corpus"]
+        if isinstance(data, Mapping) and CORPUS_KEY in data:
+            data = data[CORPUS_KEY]
         return cls.from_dict(data, str(path))
 
 
-def normalize_for(model_or_cfg: nn.Module | Mapping[str, Any], bit_depth: int | None = None) -> MultispectralNormalize:
-    """The normalisation a model expects, from the corpus contract in its ``pretrained_cfg``.
-
-    The bit depth is never guessed: a ``pretrained_cfg`` without ``bit_depth`` is an error unless ``bit_depth`` is
-    given (e.g. 8 for 8-bit exports of imagery whose weights saw 11-bit DNs).
-    """
+def _model_cfg(model_or_cfg: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
     cfg = model_or_cfg if isinstance(model_or_cfg, Mapping) else getattr(model_or_cfg, "pretrained_cfg", None)
-    if not cfg or cfg.get("mean") is None or cfg.get("std") is None:
+    return dict(cfg or {})
+
+
+def _export_config_path(cfg: Mapping[str, Any]) -> Path | None:
+    """The ``config.json`` of the export a model was loaded from: plain timm keeps the folder (``local-dir:``) in
+    ``file`` and the repository (``hf-hub:REPO[@REV]``) in ``hf_hub_id``; None for anything else."""
+    if cfg.get("file"):
+        location = Path(cfg["file"])
+        folder = location if location.is_dir() else location.parent
+        return folder / CONFIG_NAME if (folder / CONFIG_NAME).is_file() else None
+    if cfg.get("source") == "hf-hub" and cfg.get("hf_hub_id"):
+        repo_id, _, revision = str(cfg["hf_hub_id"]).partition("@")
+        try:
+            return Path(hf_hub_download(repo_id, CONFIG_NAME, revision=revision or None))
+        except Exception as err:  # offline and not cached, gone, ...: say where it was looked for
+            raise ContractError(
+                f"cannot read the corpus contract from {repo_id}/{CONFIG_NAME} ({err.__class__.__name__}: {err}); "
+                "pass normalize_for(model, bit_depth=...) or load the export folder with local-dir:"
+            ) from err
+    return None
+
+
+def contract_for(model_or_cfg: nn.Module | Mapping[str, Any]) -> CorpusContract:
+    """The corpus contract of a model: from its ``pretrained_cfg`` (an arctic load), else from the ``config.json``
+    of the export it was loaded from (a plain-timm ``local-dir:`` / ``hf-hub:`` load)."""
+    cfg = _model_cfg(model_or_cfg)
+    if cfg.get("bands") is not None and cfg.get("bit_depth") is not None:
+        return CorpusContract.from_pretrained_cfg(cfg)
+    path = _export_config_path(cfg)
+    if path is None:
+        raise ContractError("the model carries no corpus contract: its pretrained_cfg has no bands/bit_depth and it "
+                            "was not loaded from an arctic-vit export (local-dir: / hf-hub: / file=FOLDER)")
+    data = json.loads(path.read_text())
+    if not isinstance(data, Mapping) or CORPUS_KEY not in data:
+        raise ContractError(f"{path}: no '{CORPUS_KEY}' section (the corpus contract): not an arctic-vit export, or "
+                            "one written before the contract; re-export it with arctic_vit.export_folder(corpus=...)")
+    return CorpusContract.from_dict(data[CORPUS_KEY], f"{path} ['{CORPUS_KEY}']")
+
+
+def normalize_for(model_or_cfg: nn.Module | Mapping[str, Any], bit_depth: int | None = None) -> MultispectralNormalize:
+    """The normalisation a model expects, from its corpus contract: DN (..., C, H, W) -> float32.
+
+    The contract comes from the model's ``pretrained_cfg`` (an arctic load) or, for a model loaded with plain timm
+    (``local-dir:`` / ``hf-hub:``), from the export's ``config.json``. The bit depth is never guessed: without a
+    contract, ``bit_depth`` must be given (then the ``pretrained_cfg`` mean/std are used, e.g. for a stock timm
+    model); an explicit ``bit_depth`` also overrides the contract's (e.g. 8-bit renderings of 11-bit imagery).
+    """
+    cfg = _model_cfg(model_or_cfg)
+    if bit_depth is None:
+        return contract_for(cfg).normalizer()
+    if cfg.get("mean") is None or cfg.get("std") is None:
         raise ContractError("no pretrained_cfg with mean/std to build a normalisation from")
-    cfg = dict(cfg)
-    if bit_depth is not None:
-        cfg["bit_depth"] = int(bit_depth)
-    if cfg.get("bit_depth") is None:
-        raise ContractError(
-            "pretrained_cfg has no bit_depth: pass normalize_for(model, bit_depth=...) with the bit depth of the "
-            "imagery the weights were trained on (an arctic-vit export records it in pretrained_cfg)"
-        )
+    cfg["bit_depth"] = int(bit_depth)
     if cfg.get("bands") is None:  # a stock timm cfg names no bands: scale and standardise only
         return MultispectralNormalize(cfg["mean"], cfg["std"], max_value=float(2 ** int(cfg["bit_depth"]) - 1))
     return CorpusContract.from_pretrained_cfg(cfg).normalizer()

@@ -7,7 +7,7 @@ import timm
 import torch
 
 import arctic_vit
-from arctic_vit.corpus import normalize_for
+from arctic_vit.corpus import CorpusContract, normalize_for
 from arctic_vit.transforms import MultispectralNormalize
 
 NAME = "arctic_mae_vit_tiny_patch16_224"
@@ -20,7 +20,7 @@ def export(tmp_path_factory):
     torch.manual_seed(0)
     source = timm.create_model(NAME, img_size=32).eval()
     folder = arctic_vit.export_folder(NAME, source, tmp_path_factory.mktemp("export"),
-                                      pretrained_cfg=dict(mean=MEAN, std=STD))
+                                      corpus=CorpusContract(("blue", "green", "red", "nir"), 11, MEAN, STD))
     return source, folder
 
 

@@ -17,7 +17,10 @@ from arctic_vit.card import (
     render_registry_cards,
     results_table,
 )
+from arctic_vit.corpus import CorpusContract
 from tests.conftest import REPO_ROOT
+
+BGRN = ("blue", "green", "red", "nir")
 
 CARDS = REPO_ROOT / "model_cards"
 RESULT_FILES = sorted((CARDS / "results").glob("*.json"))
@@ -62,8 +65,8 @@ def test_readme_card_and_pretrained_cfg_agree():
 
 def test_export_card_has_front_matter_model_index_and_bands(tmp_path):
     model = timm.create_model("arctic_mae_vit_tiny_patch16_224", img_size=32)
-    folder = arctic_vit.export_folder("arctic_mae_vit_tiny_patch16_224", model, tmp_path,
-                                      pretrained_cfg=dict(mean=(0.12, 0.2, 0.3, 0.4)), results=ROWS,
+    corpus = CorpusContract(BGRN, 11, (0.12, 0.2, 0.3, 0.4), (0.25,) * 4)
+    folder = arctic_vit.export_folder("arctic_mae_vit_tiny_patch16_224", model, tmp_path, corpus=corpus, results=ROWS,
                                       training={"corpus": "demo", "epochs": 3})
     card = ModelCard.load(folder / "README.md")
     assert card.data.license == "cc-by-4.0" and card.data.library_name == "timm"
@@ -84,7 +87,8 @@ def test_results_table_formats_mean_std_and_ci():
 
 def test_registry_config_matches_an_export_config(tmp_path):
     model = timm.create_model("arctic_mae_vit_tiny_patch16_224")
-    folder = arctic_vit.export_folder("arctic_mae_vit_tiny_patch16_224", model, tmp_path)
+    registry = CorpusContract.from_pretrained_cfg(model.pretrained_cfg)
+    folder = arctic_vit.export_folder("arctic_mae_vit_tiny_patch16_224", model, tmp_path, corpus=registry)
     exported = json.loads((folder / "config.json").read_text())
     expected = registry_config("arctic_mae_vit_tiny_patch16_224.mae_arctic")
     assert exported["pretrained_cfg"]["mean"] == list(expected["pretrained_cfg"]["mean"])

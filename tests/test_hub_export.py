@@ -15,10 +15,12 @@ from safetensors.torch import save_file
 
 import arctic_vit
 from arctic_vit.__main__ import main as cli
+from arctic_vit.corpus import ContractError, CorpusContract
 from arctic_vit.hub import ChecksumError, filter_encoder_state_dict
 from arctic_vit.models import STANDARD_CFG_KEYS
 
 NAME = "arctic_mae_vit_tiny_patch16_224"
+CORPUS = CorpusContract(("blue", "green", "red", "nir"), 11, (0.1, 0.2, 0.3, 0.4), (0.2,) * 4, gsd_m=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def source():
 @pytest.fixture(scope="module")
 def folder(source, tmp_path_factory):
     return arctic_vit.export_folder(NAME, source, tmp_path_factory.mktemp("export"),
-                                    pretrained_cfg=dict(mean=(0.1, 0.2, 0.3, 0.4), std=(0.2,) * 4))
+                                    corpus=CORPUS)
 
 
 def _mae_checkpoint(encoder: torch.nn.Module) -> dict:
@@ -55,7 +57,11 @@ def test_folder_layout_and_config(folder, source):
     assert "num_classes" not in config["model_args"]
     assert config["model_args"] == {"in_chans": 4, "img_size": 64}
     assert set(config["pretrained_cfg"]) <= STANDARD_CFG_KEYS
-    assert config["arctic_vit"]["bands"] == ["blue", "green", "red", "nir"]
+    assert config["corpus"] == CORPUS.to_dict()  # the contract, once
+    assert set(config["arctic_vit"]) == {"variant", "weights_sha256"}  # no second copy of bands / bit depth / GSD
+    assert config["pretrained_cfg"]["mean"] == [0.1, 0.2, 0.3, 0.4] and config["pretrained_cfg"]["std"] == [0.2] * 4
+    assert not any("neutral" in note for note in config["pretrained_cfg"]["notes"])
+    assert "11-bit" in config["pretrained_cfg"]["notes"][0]
     assert config["arctic_vit"]["weights_sha256"] == arctic_vit.hub.sha256_file(folder / "model.safetensors")
 
 
@@ -118,7 +124,7 @@ def test_official_mae_checkpoint_exports_via_cli_and_loads_strictly(source, tmp_
 def test_module_prefix_and_safetensors_checkpoint(source, tmp_path):
     state = {f"module.{k}": v.contiguous() for k, v in source.state_dict().items()}
     save_file(state, tmp_path / "ddp.safetensors")
-    out = arctic_vit.export_folder(NAME, tmp_path / "ddp.safetensors", tmp_path / "hub")
+    out = arctic_vit.export_folder(NAME, tmp_path / "ddp.safetensors", tmp_path / "hub", corpus=CORPUS)
     model = timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(out)))
     assert torch.equal(model.cls_token, source.cls_token)
 
@@ -127,7 +133,7 @@ def test_a_foreign_key_fails_the_strict_load(source):
     state = dict(source.state_dict())
     state["head.weight"] = torch.zeros(3, 192)
     with pytest.raises(RuntimeError, match=r"head\.weight"):
-        arctic_vit.export_folder(NAME, state, "/nonexistent/should-not-be-written")
+        arctic_vit.export_folder(NAME, state, "/nonexistent/should-not-be-written", corpus=CORPUS)
 
 
 class Payload:
@@ -148,5 +154,51 @@ def test_filter_drops_mae_only_keys(source):
 
 
 def test_export_needs_matching_band_count(source, tmp_path):
+    rgb = CorpusContract(("red", "green", "blue"), 11, (0.1,) * 3, (0.2,) * 3)
     with pytest.raises(ValueError, match="4 input bands"):
-        arctic_vit.export_folder(NAME, source, tmp_path, pretrained_cfg=dict(bands=("red", "green", "blue")))
+        arctic_vit.export_folder(NAME, source, tmp_path, corpus=rgb)
+
+
+def test_plain_timm_load_normalizes_with_the_exported_bit_depth(folder):
+    """local-dir: keeps only timm's keys in pretrained_cfg; normalize_for reads the contract from the folder (11-bit:
+    DN 2047 -> (1 - mean) / std), not an 8-bit default."""
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert "bit_depth" not in model.pretrained_cfg
+    norm = arctic_vit.normalize_for(model)
+    assert norm.max_value == 2047
+    dn = torch.full((1, 4, 2, 2), 2047, dtype=torch.int32)
+    expected = (1 - torch.tensor([0.1, 0.2, 0.3, 0.4])) / 0.2
+    torch.testing.assert_close(norm(dn)[0, :, 0, 0], expected)
+    assert arctic_vit.corpus.contract_for(model) == CORPUS
+
+
+def test_export_without_contract_fails_naming_field_and_file(folder, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    config = json.loads((copy / "config.json").read_text())
+    del config["corpus"]["bit_depth"]
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ContractError, match=r"config\.json.*\['bit_depth'\] missing"):
+        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(copy)))
+    with pytest.raises(ContractError, match=r"config\.json.*bit_depth"):
+        arctic_vit.normalize_for(timm.create_model(f"local-dir:{copy}", pretrained=True))
+    del config["corpus"]
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ContractError, match=r"config\.json: no 'corpus' section"):
+        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(copy)))
+
+
+def test_export_needs_a_measured_contract(source, tmp_path):
+    with pytest.raises(TypeError, match="corpus=CorpusContract"):
+        arctic_vit.export_folder(NAME, source, tmp_path)
+    with pytest.raises(ContractError, match="no mean/std"):
+        arctic_vit.export_folder(NAME, source, tmp_path, corpus=CorpusContract(CORPUS.bands, 11))
+
+
+def test_deprecated_pretrained_cfg_keyword_still_exports(source, tmp_path):
+    with pytest.warns(DeprecationWarning, match="corpus="):
+        out = arctic_vit.export_folder(NAME, source, tmp_path, pretrained_cfg=dict(
+            mean=(0.1, 0.2, 0.3, 0.4), std=(0.2,) * 4, bit_depth=8, input_size=(4, 64, 64)))
+    contract = CorpusContract.read(out / "config.json")
+    assert contract.bit_depth == 8 and contract.bands == ("blue", "green", "red", "nir")

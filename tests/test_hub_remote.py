@@ -15,17 +15,19 @@ import torch
 import arctic_vit
 from arctic_vit import models
 from arctic_vit.__main__ import main as cli
+from arctic_vit.corpus import CorpusContract
 from arctic_vit.hub import ChecksumError, WeightsUnavailableError, sha256_file
 from arctic_vit.releases import PINS, WeightsPin
 
 NAME = "arctic_mae_vit_tiny_patch16_224"
 REPO = "arctic-vit-test/arctic_mae_vit_tiny_patch16_224.mae_arctic"
+CORPUS = CorpusContract(("blue", "green", "red", "nir"), 11, (0.1, 0.2, 0.3, 0.4), (0.2, 0.25, 0.3, 0.35))
 
 
 def _export(seed: int, out) -> tuple[torch.nn.Module, object]:
     torch.manual_seed(seed)
     model = timm.create_model(NAME).eval()
-    return model, arctic_vit.export_folder(NAME, model, out)
+    return model, arctic_vit.export_folder(NAME, model, out, corpus=CORPUS)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +80,20 @@ def test_alias_and_bands_through_the_hub(pinned, published):
     model = timm.create_model(NAME, pretrained=True, bands=("nir", "red"))
     src = published["first"].patch_embed.proj.weight
     assert torch.equal(model.patch_embed.proj.weight, src[:, [3, 2]])
+
+
+def test_plain_timm_hf_hub_load_normalizes_with_the_exported_bit_depth(hub, published):
+    """hf-hub: keeps only timm's keys; normalize_for fetches config.json at the same revision and reads the contract."""
+    commit = published["pin1"].commit
+    model = timm.create_model(f"hf-hub:{REPO}@{commit}", pretrained=True)
+    assert "bit_depth" not in model.pretrained_cfg
+    norm = arctic_vit.normalize_for(model)
+    assert norm.max_value == 2047  # 11-bit: the old fallback gave 255
+    dn = torch.full((1, 4, 1, 1), 1023, dtype=torch.int16)
+    expected = (1023 / 2047 - torch.tensor(CORPUS.mean)) / torch.tensor(CORPUS.std)
+    torch.testing.assert_close(norm(dn)[0, :, 0, 0], expected)
+    config_requests = [p for m, p in hub.requests if p.endswith(f"/resolve/{commit}/config.json")]
+    assert config_requests, hub.requests[-5:]
 
 
 def test_pinned_sha256_mismatch_is_an_error(published):
