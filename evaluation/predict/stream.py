@@ -1,0 +1,155 @@
+"""Streaming inference over one scene: rows of overlapping tiles read strip by strip, blended in a rolling buffer.
+
+The tile grid is ``evaluation.overlap.tile_origins`` of the whole scene, so results do not depend on how the scene
+is streamed. Tile row i covers scene rows [rᵢ, rᵢ + T); once it is processed, rows [rᵢ, rᵢ₊₁) can receive no more
+tiles and are final: they are yielded, and the accumulated sums of rows [rᵢ₊₁, rᵢ + T) (the *carry*) move on to
+the next strip. Memory: one strip of the scene (C × T × W) plus the carry (K × T × W floats), independent of the
+scene's height. ``StreamState`` (next tile row, carry, counters) is all a resumed run needs.
+
+Nodata (``read_masks``: nodata value, internal mask or alpha; a pixel is valid when every used band is valid):
+tiles without a valid pixel are not run (``skipped``); invalid pixels of the others are filled with the tile's
+per-band valid mean before the forward (``overlap.fill_invalid``) and get probability 0.
+Scenes smaller than a tile are reflect-padded (``overlap.pad_to_tile``) strip by strip, which equals padding the
+whole scene because reflection along a row does not depend on other rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+
+from evaluation.overlap import TileAccumulator, TileInstance, fill_invalid, pad_to_tile, tile_origins
+
+
+@dataclass
+class StreamState:
+    next_row: int = 0  # index of the next tile row
+    carry_probs: np.ndarray | None = None  # (K, h, PW) float32 weighted sums of rows below the last final row
+    carry_weights: np.ndarray | None = None  # (h, PW)
+    windows_run: int = 0
+    windows_skipped: int = 0
+    instances: list[TileInstance] = field(default_factory=list)  # instance models: found so far (unmerged)
+
+
+@dataclass
+class Strip:
+    row0: int  # final scene rows [row0, row1)
+    row1: int
+    probs: np.ndarray | None  # (K, row1 - row0, W) float32 (semantic), 0 where invalid
+    valid: np.ndarray  # (row1 - row0, W) bool
+    state: StreamState  # the state after this strip (what a checkpoint stores)
+
+
+def grid(height: int, width: int, tile: int, overlap: int) -> tuple[list[int], list[int], int, int]:
+    """Tile row and column origins of the (padded) scene, and the padded size."""
+    ph, pw = max(height, tile), max(width, tile)
+    origins = tile_origins(ph, pw, tile, overlap)
+    return sorted({r for r, _ in origins}), sorted({c for _, c in origins}), ph, pw
+
+
+def read_strip(src, band_indexes: tuple[int, ...], row: int, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scene rows [row, row + tile) of ``band_indexes`` -> image (C, T', PW) float32 and valid (T', PW) bool."""
+    h = min(tile, src.height - row)
+    window = Window(0, row, src.width, h)
+    data = torch.from_numpy(src.read(list(band_indexes), window=window).astype(np.float32))
+    valid = torch.from_numpy(src.read_masks(list(band_indexes), window=window).min(axis=0) > 0)
+    if h < tile or src.width < tile:
+        data = pad_to_tile(data, tile)
+        valid = pad_to_tile(valid[None].float(), tile)[0] > 0.5
+    return data, valid
+
+
+def _batches(image: torch.Tensor, valid: torch.Tensor, cols: list[int], tile: int, batch_size: int, state: StreamState):
+    """Tiles of one strip with a valid pixel, in batches: (origins, tiles (N, C, T, T), valid (N, T, T))."""
+    keep = []
+    for c in cols:
+        if bool(valid[:tile, c : c + tile].any()):
+            keep.append(c)
+        else:
+            state.windows_skipped += 1
+    for start in range(0, len(keep), batch_size):
+        chunk = keep[start : start + batch_size]
+        tiles = torch.stack([image[:, :tile, c : c + tile] for c in chunk])
+        tile_valid = torch.stack([valid[:tile, c : c + tile] for c in chunk])
+        state.windows_run += len(chunk)
+        yield chunk, tiles, tile_valid
+
+
+def stream_semantic(src, band_indexes: tuple[int, ...], forward: Callable[[torch.Tensor], torch.Tensor],
+                    num_classes: int, tile: int, overlap: int, margin: int | None = None, batch_size: int = 8,
+                    state: StreamState | None = None, device: torch.device | str = "cpu",
+                    autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> Iterator[Strip]:
+    """Blended class probabilities of an open rasterio scene, one final strip at a time (see module doc).
+
+    ``forward``: (N, C, T, T) raw DN on ``device`` -> logits (N, K, T, T); ``state``: resume from a checkpoint.
+    """
+    state = state or StreamState()
+    rows, cols, ph, pw = grid(src.height, src.width, tile, overlap)
+    autocast = autocast or contextlib.nullcontext
+    for i in range(state.next_row, len(rows)):
+        r = rows[i]
+        image, valid = read_strip(src, band_indexes, r, tile)
+        acc = TileAccumulator(num_classes, tile, pw, tile, overlap, margin)
+        if state.carry_probs is not None:
+            h = state.carry_probs.shape[1]
+            acc.probs[:, :h] = torch.from_numpy(state.carry_probs)
+            acc.weights[:h] = torch.from_numpy(state.carry_weights)
+        for chunk, tiles, tile_valid in _batches(image, valid, cols, tile, batch_size, state):
+            x = fill_invalid(tiles, tile_valid).to(device)
+            with torch.no_grad(), autocast():
+                logits = forward(x)
+            acc.add(torch.softmax(logits.float(), dim=1).cpu(), [(0, c) for c in chunk])
+        end = rows[i + 1] - r if i + 1 < len(rows) else ph - r  # local rows that are final now
+        state.carry_probs = acc.probs[:, end:].numpy().copy() if i + 1 < len(rows) else None
+        state.carry_weights = acc.weights[end:].numpy().copy() if i + 1 < len(rows) else None
+        state.next_row = i + 1
+        row1 = min(r + end, src.height)
+        final_valid = valid[: row1 - r, : src.width]
+        probs = (acc.result(slice(0, row1 - r))[:, :, : src.width] * final_valid).numpy()
+        yield Strip(r, row1, probs, final_valid.numpy(), state)
+
+
+def detections_to_instances(output: dict, row: int, col: int, valid: torch.Tensor, height: int, width: int,
+                            score_threshold: float) -> list[TileInstance]:
+    """One tile's Mask R-CNN output -> TileInstances in scene pixels (mask > 0.5, valid pixels inside the scene)."""
+    out = []
+    inside = valid.clone()
+    inside[max(0, height - row):] = False
+    inside[:, max(0, width - col):] = False
+    for mask, label, score in zip(output["masks"], output["labels"], output["scores"]):
+        if float(score) < score_threshold:
+            continue
+        m = (mask[0].float().cpu() > 0.5) & inside
+        rr, cc = torch.where(m)
+        if len(rr) == 0:
+            continue
+        r0, r1, c0, c1 = int(rr.min()), int(rr.max()) + 1, int(cc.min()), int(cc.max()) + 1
+        out.append(TileInstance(row + r0, col + c0, m[r0:r1, c0:c1].numpy(), int(label), float(score)))
+    return out
+
+
+def stream_instances(src, band_indexes: tuple[int, ...], model: torch.nn.Module, tile: int, overlap: int,
+                     batch_size: int = 8, score_threshold: float = 0.5, state: StreamState | None = None,
+                     device: torch.device | str = "cpu",
+                     autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> Iterator[Strip]:
+    """Instance model: TileInstances of every tile row, collected into ``state.instances`` (merged by the caller)."""
+    state = state or StreamState()
+    rows, cols, _, _ = grid(src.height, src.width, tile, overlap)
+    autocast = autocast or contextlib.nullcontext
+    for i in range(state.next_row, len(rows)):
+        r = rows[i]
+        image, valid = read_strip(src, band_indexes, r, tile)
+        for chunk, tiles, tile_valid in _batches(image, valid, cols, tile, batch_size, state):
+            x = fill_invalid(tiles, tile_valid).to(device)
+            with torch.no_grad(), autocast():
+                outputs = model(x)
+            for c, out, v in zip(chunk, outputs, tile_valid):
+                state.instances.extend(detections_to_instances(out, r, c, v, src.height, src.width, score_threshold))
+        state.next_row = i + 1
+        row1 = min(rows[i + 1] if i + 1 < len(rows) else src.height, src.height)
+        yield Strip(r, row1, None, valid[: row1 - r, : src.width].numpy(), state)
