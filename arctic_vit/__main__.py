@@ -1,54 +1,78 @@
-"""Command line: ``python -m arctic_vit export ...`` and ``python -m arctic_vit push ...``."""
+"""Command line of the core: ``python -m arctic_vit {export,push,cards}``.
+
+``export`` takes the same ``export.key=value`` overrides as ``python -m training.export`` (values parsed as YAML).
+``training.export`` exports this project's own pretraining checkpoints, whose corpus contract travels inside them;
+``python -m arctic_vit export`` exports any other checkpoint (an official facebookresearch/mae one, a state dict,
+``.safetensors``) and so needs the contract given: ``export.corpus=corpus.json``.
+
+    python -m arctic_vit export export.checkpoint=mae_pretrain_vit_large.pth export.out_dir=hub \
+        export.model_name=arctic_mae_vit_large export.corpus=shards/corpus.json
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from .corpus import CORPUS_KEY, CorpusContract
+import yaml
+
+from .corpus import CORPUS_KEY, ContractError, CorpusContract
 from .hub import export_folder, push_folder
+from .registry_cards import main as cards_main
+
+EXPORT_KEYS: dict[str, str] = {
+    "checkpoint": "MAE training checkpoint (official facebookresearch/mae layout included) or encoder state dict: "
+                  ".safetensors or a torch.load(weights_only=True)-safe file (required)",
+    "out_dir": "output folder (required)",
+    "model_name": "arctic model name, e.g. arctic_mae_vit_large (required)",
+    "corpus": "the corpus contract: corpus.json, a JSON with a 'corpus' key, or training.pack's stats.json "
+              "(required)",
+    "img_size": "resolution of the weights (default: from the position embedding)",
+    "gsd_m": "ground sample distance in metres, when the contract file has none",
+}
 
 
-def _parse_floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",")]
+def parse_overrides(items: Sequence[str], section: str, keys: Mapping[str, str]) -> dict[str, Any]:
+    """``section.key=value`` (or ``key=value``) items -> {key: YAML-parsed value}; an unknown key names the valid."""
+    out: dict[str, Any] = {}
+    for item in items:
+        dotted, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r} is not of the form {section}.key=value")
+        key = dotted.strip().removeprefix(f"{section}.")
+        if key not in keys:
+            raise ValueError(f"unknown key {dotted!r}; valid: {', '.join(f'{section}.{k}' for k in keys)}")
+        out[key] = yaml.safe_load(raw)
+    return out
 
 
-def _contract_from_args(args: argparse.Namespace) -> CorpusContract:
-    """The corpus contract from ``--stats`` (corpus.json, a JSON with a "corpus" key, or pack's stats.json) and
-    the ``--bands/--bit-depth/--mean/--std/--gsd-m`` flags (which win); a missing field is an error."""
-    fields: dict = {}
-    if args.stats:
-        data = json.loads(Path(args.stats).read_text())
-        data = data.get(CORPUS_KEY, data) if isinstance(data, dict) else data
-        fields.update({k: data[k] for k in ("bands", "bit_depth", "mean", "std", "gsd_m", "nodata") if k in data})
-    if args.bands:
-        fields["bands"] = tuple(args.bands.split(","))
-    for key in ("mean", "std", "bit_depth", "gsd_m"):
-        if getattr(args, key) is not None:
-            fields[key] = getattr(args, key)
-    return CorpusContract.from_dict(fields, args.stats or "--bands/--bit-depth/--mean/--std")
+def read_contract(path: str | Path, gsd_m: float | None = None) -> CorpusContract:
+    """A corpus contract file (or pack's stats.json: its extra ``count`` is dropped), strictly."""
+    path = Path(path)
+    if not path.is_file():
+        raise ContractError(f"{path}: corpus contract file not found")
+    data = json.loads(path.read_text())
+    data = data.get(CORPUS_KEY, data) if isinstance(data, dict) else data
+    fields = {k: data[k] for k in ("version", "bands", "bit_depth", "mean", "std", "gsd_m", "nodata") if k in data}
+    if gsd_m is not None:
+        fields["gsd_m"] = gsd_m
+    return CorpusContract.from_dict(fields, str(path))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m arctic_vit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m arctic_vit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    export = sub.add_parser("export", help="checkpoint -> hub folder (model.safetensors, config.json, README.md)")
-    export.add_argument("--model", required=True, help="arctic model name, e.g. arctic_mae_vit_large_patch16_224")
-    export.add_argument("--checkpoint", required=True,
-                        help="MAE training checkpoint (official facebookresearch/mae layout included) or state dict: "
-                             ".safetensors or a torch.load(weights_only=True)-safe file")
-    export.add_argument("--out", required=True, help="output folder")
-    export.add_argument("--bands", help="comma-separated band names of the weights, e.g. blue,green,red,nir")
-    export.add_argument("--mean", type=_parse_floats, help="per-band mean in [0, 1] units, comma-separated")
-    export.add_argument("--std", type=_parse_floats, help="per-band std in [0, 1] units, comma-separated")
-    export.add_argument("--bit-depth", type=int, help="bit depth of the input digital numbers (e.g. 11)")
-    export.add_argument("--gsd-m", type=float, help="ground sample distance of the corpus in metres")
-    export.add_argument("--stats", help="the corpus contract: corpus.json, a JSON with a 'corpus' key, or "
-                                        "training.pack's stats.json (bands, bit_depth, mean, std)")
+    export = sub.add_parser(
+        "export", help="checkpoint + corpus contract -> hub folder (model.safetensors, config.json, README.md)",
+        description="keys:\n" + "\n".join(f"  export.{k}: {v}" for k, v in EXPORT_KEYS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    export.add_argument("overrides", nargs="*", metavar="export.KEY=VALUE")
 
     push = sub.add_parser("push", help="upload an export folder to the Hugging Face Hub (upload_folder)")
     push.add_argument("--folder", required=True)
@@ -56,15 +80,35 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", help="branch to upload to (created if missing); default: main")
     push.add_argument("--private", action="store_true")
     push.add_argument("--token", help="hub token (default: the logged-in token / HF_TOKEN)")
+
+    cards = sub.add_parser("cards", help="rewrite the README tables and model_cards/ from the registry")
+    cards.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of python -m arctic_vit.registry_cards")
     return parser
 
 
+def run_export(overrides: Sequence[str]) -> Path:
+    """Validate every key and the contract before reading the checkpoint; then export."""
+    options = parse_overrides(overrides, "export", EXPORT_KEYS)
+    missing = [f"export.{k}" for k in ("checkpoint", "out_dir", "model_name", "corpus") if options.get(k) is None]
+    if missing:
+        raise ValueError(f"missing required key(s) {missing}")
+    corpus = read_contract(options["corpus"], options.get("gsd_m"))
+    return export_folder(options["model_name"], options["checkpoint"], options["out_dir"], corpus=corpus,
+                         img_size=options.get("img_size"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "export":
-        out = export_folder(args.model, args.checkpoint, args.out, corpus=_contract_from_args(args))
-        print(f"exported {args.model} to {out}")
+        try:
+            out = run_export(args.overrides)
+        except (ValueError, FileNotFoundError) as err:  # ContractError is a ValueError
+            parser.exit(2, f"python -m arctic_vit export: error: {err}\n")
+        print(f"exported to {out}")
         return 0
+    if args.command == "cards":
+        return cards_main(args.rest)
     result = push_folder(args.folder, args.repo_id, revision=args.revision, token=args.token, private=args.private)
     print(f"pushed {args.folder} to {result.repo_id} at commit {result.commit}")
     print(f"model.safetensors sha256 {result.sha256}")

@@ -1,17 +1,16 @@
-"""Model cards and README tables rendered from ``pretrained_cfg`` and evaluation results: no number typed twice.
+"""Model cards rendered from an export's ``config.json`` and evaluation results: pure functions, no I/O but the
+card template, no model code (``arctic_vit.registry_cards`` renders the registry's cards and README tables).
 
 - ``render_model_card(config, results)``: the card of an export folder (``config.json`` + the evaluation JSON
   rows written by ``evaluation.compare``: ``{"task", "dataset", "metric", "value", "std", "backbone", ...}``).
-- ``weights_table()`` / ``results_table(rows)``: the README's tables, between ``<!-- NAME:start -->`` and
-  ``<!-- NAME:end -->`` markers, and the registry cards in ``model_cards/``: ``python -m arctic_vit.card``
-  rewrites them all from ``pretrained_cfg`` and ``model_cards/results/*.json``.
+- ``results_table(rows)``: the results table of cards and README; ``replace_block`` swaps a generated block
+  between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -78,40 +77,12 @@ def results_table(results: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def weights_table() -> str:
-    """Markdown table of the registered pretrained tags, read from their ``pretrained_cfg``."""
-    import timm
-    import torch
-
-    from .models import _PRETRAINED_CFGS
-
-    lines = ["| model | params | bands | input | GSD | licence | weights (hub @ revision) |",
-             "|---|---|---|---|---|---|---|"]
-    for key, cfg in reversed(_PRETRAINED_CFGS.items()):  # large first
-        arch = key.split(".", 1)[0]
-        with torch.device("meta"):
-            n_params = sum(p.numel() for p in timm.create_model(arch).parameters())
-        where = (f"[{cfg.hf_hub_id}](https://huggingface.co/{cfg.hf_hub_id}) @ `{cfg.hf_hub_revision[:12]}`"
-                 if cfg.hf_hub_revision else f"`{cfg.hf_hub_id}`: not published yet (train with `training/`)")
-        lines.append(
-            f"| `{key}` | {n_params / 1e6:.1f} M | {', '.join(cfg.bands)} ({cfg.bit_depth}-bit) | "
-            f"{'×'.join(str(v) for v in cfg.input_size)} | {cfg.gsd_m} m | {cfg.license} | {where} |"
-        )
-    return "\n".join(lines)
-
-
 def replace_block(text: str, name: str, content: str) -> str:
     """Replace what stands between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
     pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.DOTALL)
     if not pattern.search(text):
         raise ValueError(f"no <!-- {name}:start --> ... <!-- {name}:end --> block")
     return pattern.sub(lambda m: m.group(1) + content + m.group(2), text)
-
-
-def render_readme(readme: str, results: Sequence[Mapping[str, Any]]) -> str:
-    """The README with its generated weights and results tables brought up to date."""
-    return replace_block(replace_block(readme, "weights-table", weights_table()), "results-table",
-                         results_table(results))
 
 
 def load_results(path: str | Path) -> list[dict[str, Any]]:
@@ -167,70 +138,7 @@ def render_model_card(
     return str(ModelCard.from_template(data, template_str=template, **values))
 
 
-def registry_config(key: str) -> dict[str, Any]:
-    """The ``config.json`` an export of registry tag ``key`` (``arch.tag``) would carry, without weights."""
-    from .corpus import CorpusContract
-    from .hub import build_config
-    from .models import _PRETRAINED_CFGS, ARCTIC_SIZES
+if __name__ == "__main__":  # ``python -m arctic_vit.card``: kept as the documented name of the registry-cards CLI
+    from arctic_vit.registry_cards import main
 
-    cfg = _PRETRAINED_CFGS[key].to_dict()
-    arch = key.split(".", 1)[0]
-    size = next(v for k, v in ARCTIC_SIZES.items() if f"_{k}_" in arch)
-    config = build_config(arch, CorpusContract.from_pretrained_cfg(cfg), cfg, img_size=cfg["input_size"][1],
-                          num_features=size["embed_dim"], global_pool="token",
-                          weights_sha256=cfg.get("sha256") or "not published yet")
-    config["pretrained_cfg"]["notes"] = list(cfg["notes"])  # registry tags state their own (neutral) statistics
-    return config
-
-
-def render_registry_cards(results: Sequence[Mapping[str, Any]] = ()) -> dict[str, str]:
-    """Card Markdown of every registry tag, keyed by file name (``<arch>.md``).
-
-    A card shows the comparisons (recipes) its own size took part in (``arctic_mae_vit_<size>``), and only its own
-    rows enter its model-index.
-    """
-    from .models import _PRETRAINED_CFGS, ARCTIC_SIZES
-
-    cards = {}
-    for key in _PRETRAINED_CFGS:
-        arch = key.split(".", 1)[0]
-        own = next(f"arctic_mae_vit_{size}" for size in ARCTIC_SIZES if f"_{size}_" in arch)
-        recipes = {r.get("recipe") for r in results if r.get("backbone") == own}
-        rows = [r for r in results if r.get("recipe") in recipes]
-        # the model-index of a registry card holds results of its published weights only ("hub"), never of a
-        # locally trained stand-in of the same size
-        own_index = [r for r in rows if r.get("backbone") == own and r.get("weights") == "hub"]
-        cards[f"{arch}.md"] = render_model_card(registry_config(key), rows, own_backbone=own, index_rows=own_index)
-    return cards
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Rewrite the README's generated tables and the registry cards from pretrained_cfg + evaluation JSON."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m arctic_vit.card", description=main.__doc__)
-    parser.add_argument("--readme", default="README.md")
-    parser.add_argument("--cards", default="model_cards", help="folder of the rendered registry cards")
-    parser.add_argument("--results", nargs="*", default=None,
-                        help="evaluation JSON files (default: <cards>/results/*.json)")
-    args = parser.parse_args(argv)
-    cards = Path(args.cards)
-    paths = args.results if args.results is not None else sorted((cards / "results").glob("*.json"))
-    results = [row for path in paths for row in load_results(path)]
-    readme = Path(args.readme)
-    readme.write_text(render_readme(readme.read_text(), results))
-    cards.mkdir(parents=True, exist_ok=True)
-    for name, text in render_registry_cards(results).items():
-        (cards / name).write_text(text)
-    print(f"updated {readme} and {len(_registry_keys())} cards in {cards} from {len(paths)} result file(s)")
-    return 0
-
-
-def _registry_keys() -> list[str]:
-    from .models import _PRETRAINED_CFGS
-
-    return list(_PRETRAINED_CFGS)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

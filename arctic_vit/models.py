@@ -26,10 +26,10 @@ from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn
 
 from .bands import FOUR_BAND, validate_bands
-from .hub import filter_encoder_state_dict, read_folder_metadata, resolve_weights
 from .releases import PINS
+from .weights import filter_encoder_state_dict, read_folder_metadata, resolve_weights
 
-__all__ = ["ARCTIC_SIZES", "STOCK_ARCHITECTURES", "ArcticPretrainedCfg", "select_band_weights"]
+__all__ = ["ARCTIC_SIZES", "STOCK_ARCHITECTURES", "ArcticPretrainedCfg", "canonical_variant", "select_band_weights"]
 
 PAPER = "Perera et al. 2026: an Arctic-specific foundation model for very-high-resolution satellite imagery"
 NEUTRAL_MEAN = 0.5
@@ -47,6 +47,18 @@ STOCK_ARCHITECTURES: dict[str, str] = {
     f"arctic_mae_vit_{size}_patch16_224": f"vit_{size}_patch16_224" for size in ARCTIC_SIZES
 }
 """Stock timm architecture of each arctic variant: exports name it so that plain timm loads them."""
+
+ALIASES: dict[str, str] = {"arctic_mae_vit_large": "arctic_mae_vit_large_patch16_224"}
+"""Short names registered with timm (and smp) for a variant."""
+
+
+def canonical_variant(model_name: str) -> str:
+    """``arctic_mae_vit_large`` / ``arctic_mae_vit_tiny_patch16_224.mae_arctic`` -> the variant's full name."""
+    name = model_name.split(".", 1)[0]
+    name = ALIASES.get(name, name)
+    if name not in STOCK_ARCHITECTURES:
+        raise ValueError(f"unknown arctic model {model_name!r}; valid names: {sorted(STOCK_ARCHITECTURES)}")
+    return name
 
 
 @dataclass

@@ -21,9 +21,10 @@ from segmentation_models_pytorch.encoders import encoders as smp_encoders
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 from torch import nn
 
-from .hub import filter_encoder_state_dict
+from .models import ALIASES, STOCK_ARCHITECTURES
 from .pyramid import PYRAMID_STRIDES, ViTPyramidEncoder
 from .releases import PINS
+from .weights import filter_encoder_state_dict
 
 __all__ = ["ArcticSmpEncoder", "register_smp_encoders"]
 
@@ -81,9 +82,7 @@ class ArcticSmpEncoder(nn.Module, EncoderMixin):
 
 def register_smp_encoders() -> None:
     """(Re)register every arctic encoder with smp, with a pretrained setting for each pinned tag."""
-    from .models import STOCK_ARCHITECTURES
-
-    names = {arch: arch for arch in STOCK_ARCHITECTURES} | {"arctic_mae_vit_large": "arctic_mae_vit_large_patch16_224"}
+    names = {arch: arch for arch in STOCK_ARCHITECTURES} | ALIASES
     for name, arch in names.items():
         settings = {
             key.split(".", 1)[1]: {"repo_id": pin.repo_id, "revision": pin.revision}

@@ -9,15 +9,9 @@ import timm
 from huggingface_hub import ModelCard
 
 import arctic_vit
-from arctic_vit.card import (
-    load_results,
-    registry_config,
-    render_model_card,
-    render_readme,
-    render_registry_cards,
-    results_table,
-)
+from arctic_vit.card import load_results, render_model_card, results_table
 from arctic_vit.corpus import CorpusContract
+from arctic_vit.registry_cards import registry_config, render_readme, render_registry_cards
 from tests.conftest import REPO_ROOT
 
 BGRN = ("blue", "green", "red", "nir")
@@ -37,13 +31,13 @@ ROWS = [
 
 def test_readme_tables_are_generated_from_the_same_data():
     readme = (REPO_ROOT / "README.md").read_text()
-    assert render_readme(readme, RESULTS) == readme, "README tables are stale: run `python -m arctic_vit.card`"
+    assert render_readme(readme, RESULTS) == readme, "README tables are stale: run `python -m arctic_vit cards`"
 
 
 def test_registry_cards_are_current_and_valid():
     for name, text in render_registry_cards(RESULTS).items():
         path = CARDS / name
-        assert path.read_text() == text, f"{path} is stale: run `python -m arctic_vit.card`"
+        assert path.read_text() == text, f"{path} is stale: run `python -m arctic_vit cards`"
         card = ModelCard.load(path)
         cfg = timm.models.get_pretrained_cfg(name[:-3] + ".mae_arctic")
         assert card.data.license == cfg.license

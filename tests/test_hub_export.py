@@ -112,13 +112,26 @@ def test_tampered_weights_fail_the_recorded_sha256(folder, tmp_path):
 def test_official_mae_checkpoint_exports_via_cli_and_loads_strictly(source, tmp_path, capsys):
     ckpt = tmp_path / "checkpoint-799.pth"
     torch.save(_mae_checkpoint(source), ckpt)
-    assert cli(["export", "--model", NAME, "--checkpoint", str(ckpt), "--out", str(tmp_path / "hub"),
-                "--bands", "blue,green,red,nir", "--mean", "0.1,0.1,0.1,0.1", "--std", "0.3,0.3,0.3,0.3",
-                "--bit-depth", "11"]) == 0
+    contract = CorpusContract(("blue", "green", "red", "nir"), 11, (0.1,) * 4, (0.3,) * 4).write(tmp_path / "c.json")
+    assert cli(["export", f"export.checkpoint={ckpt}", f"export.out_dir={tmp_path / 'hub'}",
+                f"export.model_name={NAME}", f"export.corpus={contract}", "export.gsd_m=0.5"]) == 0
     assert "exported" in capsys.readouterr().out
     model = timm.create_model(f"local-dir:{tmp_path / 'hub'}", pretrained=True)  # strict load
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
+    assert CorpusContract.read(tmp_path / "hub" / "config.json").gsd_m == 0.5
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["export.checkpoint=x.pth", "export.color=red"], "unknown key 'export.color'"),
+    (["export.checkpoint=x.pth"], "missing required key"),
+    (["export.checkpoint=x.pth", "export.out_dir=o", "export.model_name=arctic_mae_vit_large",
+      "export.corpus=/nonexistent/corpus.json"], "corpus.json: corpus contract file not found"),
+])
+def test_export_cli_validates_keys_and_contract_before_reading(args, message, capsys):
+    with pytest.raises(SystemExit):
+        cli(["export", *args])
+    assert message in capsys.readouterr().err
 
 
 def test_module_prefix_and_safetensors_checkpoint(source, tmp_path):

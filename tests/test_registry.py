@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -120,3 +127,89 @@ def test_hubconf_entry_points():
     model = torch.hub.load(str(arctic_vit.__path__[0] + "/.."), "arctic_mae_vit_tiny_patch16_224", source="local",
                            img_size=32, trust_repo=True)
     assert model(torch.randn(1, 4, 32, 32)).shape == (1, 192)
+
+
+# ---- the core's module graph: no circle, weights I/O and card rendering import no model/export code ----------------
+
+PACKAGE_DIR = Path(arctic_vit.__file__).parent
+CORE_MODULES = sorted(p.stem for p in PACKAGE_DIR.glob("*.py") if p.stem != "__init__")
+
+
+def _intra_imports(module: str) -> tuple[set[str], list[str]]:
+    """Static: the arctic_vit submodules ``module`` imports at module level, and any imports of them hidden in a
+    function (an ``if __name__ == "__main__":`` block is a script entry, not part of the graph)."""
+    tree = ast.parse((PACKAGE_DIR / f"{module}.py").read_text())
+    top, hidden = set(), []
+
+    def names(node: ast.AST) -> set[str]:
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                return {node.module.split(".")[0]}
+            if node.level == 1:
+                return {a.name for a in node.names}
+            if node.module and node.module.startswith("arctic_vit."):
+                return {node.module.split(".")[1]}
+        if isinstance(node, ast.Import):
+            return {a.name.split(".")[1] for a in node.names if a.name.startswith("arctic_vit.")}
+        return set()
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "__main__" in ast.unparse(child.test):
+                continue
+            found = names(child)
+            if found and in_function:
+                hidden.append(f"{module}:{child.lineno}: {ast.unparse(child)}")
+            elif found:
+                top.update(found)
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(tree, False)
+    return top - {module}, hidden
+
+
+def _closure(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for dep in graph[todo.pop()] - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
+def test_core_module_graph_has_no_cycle_and_no_hidden_imports():
+    graph, hidden = {}, []
+    for module in CORE_MODULES:
+        graph[module], found = _intra_imports(module)
+        hidden += found
+    assert not hidden, f"function-level imports of arctic_vit modules: {hidden}"
+    cycles = [m for m in CORE_MODULES if m in _closure(graph, m)]
+    assert not cycles, f"import cycle through {cycles}: {graph}"
+    assert _closure(graph, "weights") <= {"corpus", "bands", "transforms", "releases"}, graph["weights"]
+    assert _closure(graph, "card") == set(), graph["card"]  # rendering is pure
+    assert "hub" in graph["registry_cards"] and "card" in graph["hub"]
+
+
+def test_each_core_module_imports_alone_with_exactly_its_static_dependencies():
+    """In a fresh interpreter, with a bare package object (so ``__init__`` does not import everything): import each
+    module alone (the arctic_vit modules of the previous one removed from sys.modules; third-party libraries stay
+    loaded, for speed) and compare the arctic_vit modules it pulled in with the static graph."""
+    graph = {m: _intra_imports(m)[0] for m in CORE_MODULES}
+    script = textwrap.dedent("""
+        import importlib, json, sys, types
+        import huggingface_hub, safetensors.torch, segmentation_models_pytorch, timm, torch, yaml  # noqa: F401
+        loaded = {}
+        for module in sys.argv[2:]:
+            for name in [m for m in sys.modules if m == "arctic_vit" or m.startswith("arctic_vit.")]:
+                del sys.modules[name]
+            pkg = types.ModuleType("arctic_vit"); pkg.__path__ = [sys.argv[1]]; sys.modules["arctic_vit"] = pkg
+            importlib.import_module("arctic_vit." + module)
+            loaded[module] = sorted(m.split(".", 1)[1] for m in sys.modules if m.startswith("arctic_vit."))
+        print(json.dumps(loaded))
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(PACKAGE_DIR), *CORE_MODULES], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    for module in CORE_MODULES:
+        assert set(loaded[module]) == _closure(graph, module) | {module}, module
