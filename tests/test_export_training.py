@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import timm
 import torch
 from safetensors.torch import load_file
 
+from arctic_vit.corpus import ContractError
 from tests.test_pack import make_chip_folder
 from tests.test_pretrain import CONFIGS, tiny_overrides
 from training.config import load_config
 from training.export import main as export_main
 from training.pack import pack
 from training.pretrain import pretrain
+from training.shards import read_contract
 
 torch.set_num_threads(1)
 
@@ -33,9 +33,9 @@ def trained(tmp_path_factory):
 def test_export_writes_encoder_only_with_corpus_pretrained_cfg(trained, tmp_path):
     root, summary = trained
     out = tmp_path / "hub"
-    export_main([f"export.checkpoint={root / 'run'}", f"export.out_dir={out}", "export.gsd_m=0.5"])
+    export_main([f"export.checkpoint={root / 'run'}", f"export.out_dir={out}"])
 
-    stats = json.loads((root / "shards" / "stats.json").read_text())
+    contract = read_contract(root / "shards")
     weights = load_file(out / "model.safetensors")
     checkpoint = torch.load(summary["checkpoint"], weights_only=True)["model"]
     assert not any(k.startswith("decoder_") or k == "mask_token" for k in weights)
@@ -46,7 +46,7 @@ def test_export_writes_encoder_only_with_corpus_pretrained_cfg(trained, tmp_path
                               pretrained_cfg_overlay=dict(file=str(out)))
     cfg = model.pretrained_cfg
     assert tuple(cfg["bands"]) == ("nir", "green", "red") and cfg["bit_depth"] == 8
-    assert list(cfg["mean"]) == pytest.approx(stats["mean"]) and list(cfg["std"]) == pytest.approx(stats["std"])
+    assert tuple(cfg["mean"]) == contract.mean and tuple(cfg["std"]) == contract.std
     assert tuple(cfg["input_size"]) == (3, 32, 32)
     torch.testing.assert_close(model.state_dict()["blocks.0.attn.qkv.weight"], checkpoint["blocks.0.attn.qkv.weight"])
 
@@ -56,10 +56,16 @@ def test_export_writes_encoder_only_with_corpus_pretrained_cfg(trained, tmp_path
 
     normalize = normalize_for(model)
     dn = torch.full((1, 3, 32, 32), 255.0)
-    expected = (1.0 - torch.tensor(stats["mean"])) / torch.tensor(stats["std"])
+    expected = (1.0 - torch.tensor(contract.mean)) / torch.tensor(contract.std)
     torch.testing.assert_close(normalize(dn)[0, :, 0, 0], expected)
 
 
-def test_export_names_a_missing_checkpoint(tmp_path):
+def test_export_names_a_missing_checkpoint_or_contract(trained, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        export_main([f"export.checkpoint={tmp_path}", f"export.out_dir={tmp_path / 'out'}"])
+    _, summary = trained
+    state = torch.load(summary["checkpoint"], weights_only=True)
+    del state["corpus"]
+    torch.save(state, tmp_path / "checkpoint-00000001.pt")
+    with pytest.raises(ContractError, match=r"checkpoint-00000001\.pt: no corpus contract"):
         export_main([f"export.checkpoint={tmp_path}", f"export.out_dir={tmp_path / 'out'}"])

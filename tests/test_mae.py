@@ -29,7 +29,7 @@ def test_forward_shapes_mask_ratio_and_strict_encoder_load(bands, img_size):
     loss, pred, mask = mae(images)
     patches = (img_size // 16) ** 2
     assert pred.shape == (2, patches, 16 * 16 * len(bands))
-    assert mask.shape == (2, patches) and mask.sum(1).tolist() == [round(patches * 0.75)] * 2
+    assert mask.shape == (2, patches) and mask.sum(1).tolist() == [patches - int(patches * 0.25)] * 2
     assert torch.isfinite(loss) and loss.ndim == 0
 
     encoder = timm.create_model("arctic_mae_vit_tiny_patch16_224", bands=bands, img_size=img_size, num_classes=0)
@@ -91,10 +91,33 @@ def test_loss_ignores_nodata_pixels_and_normalises_per_patch():
         values = target[0, patch][weights[0, patch] > 0]
         normed = (values - values.mean()) / (values.var() + 1e-6).sqrt()
         per_patch.append(((pred[0, patch][weights[0, patch] > 0] - normed) ** 2).mean())
-    torch.testing.assert_close(loss, torch.stack(per_patch).mean())
+    # each masked patch weighs its valid fraction: patch 0 is half valid
+    torch.testing.assert_close(loss, (0.5 * per_patch[0] + per_patch[1]) / 1.5)
+    total, weight = mae.forward_loss_terms(images, pred, mask, valid)
+    assert weight == 1.5 and torch.allclose(total, 0.5 * per_patch[0] + per_patch[1])
+
+    mostly_nodata = valid.clone()
+    mostly_nodata[:, :16, :12] = False  # patch 0 a quarter valid: under min_valid_fraction 0.5, it does not count
+    torch.testing.assert_close(mae.forward_loss(images, pred, mask, mostly_nodata), per_patch[1])
 
     all_nodata = torch.zeros_like(valid)
     assert mae.forward_loss(images, pred, mask, all_nodata) == 0
+
+
+def test_loss_without_nodata_is_official_mae_loss():
+    """valid=None (a batch without nodata) takes the cheap path: official MAE's forward_loss, and the same value as an
+    all-valid mask."""
+    torch.manual_seed(3)
+    mae = tiny_mae(("nir", "green", "red"), 32)
+    images, pred = torch.randn(2, 3, 32, 32), torch.randn(2, 4, 16 * 16 * 3)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0]])
+    target = mae.patchify(images)
+    mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+    target = (target - mean) / (var + 1.0e-6) ** 0.5
+    official = (((pred - target) ** 2).mean(dim=-1) * mask).sum() / mask.sum()
+    torch.testing.assert_close(mae.forward_loss(images, pred, mask, None), official)
+    torch.testing.assert_close(mae.forward_loss(images, pred, mask, torch.ones(2, 32, 32, dtype=torch.bool)), official)
+    assert mae.num_visible(196) == 49 and mae.num_visible(10) == 2  # int(), as official (round would keep 3)
 
 
 def test_patchify_roundtrip_non_square_channels():

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from arctic_vit.corpus import CorpusContract
 from tests.test_pack import make_chip_folder
 from training.checkpoint import list_checkpoints, load_checkpoint
 from training.config import load_config
 from training.mae import MaskedAutoencoder
 from training.pack import pack
 from training.pretrain import NonFiniteLossError, pretrain
+from training.shards import read_contract
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "training" / "configs"
@@ -86,7 +88,9 @@ def test_run_writes_logs_png_and_safe_checkpoints(shards, tmp_path):
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["checkpoint-00000006.pt",
                                                                        "checkpoint-00000008.pt"]  # keep last 2
     state = torch.load(out / "checkpoints" / "checkpoint-00000008.pt", weights_only=True)
-    assert set(state) >= {"model", "optimizer", "scheduler", "scaler", "rng", "data_position", "step", "config"}
+    assert set(state) >= {"model", "optimizer", "scheduler", "scaler", "rng", "data_position", "step", "config",
+                          "corpus"}
+    assert CorpusContract.from_dict(state["corpus"]) == read_contract(shards)
     assert state["data_position"] == {"epoch": 2, "samples_per_rank": 0, "world_size": 1, "batch_size": 2,
                                       "accum": 2}
     assert (out / "resolved_config.yaml").is_file()
@@ -126,14 +130,14 @@ def test_torchrun_two_processes_sigkill_then_resume_is_bit_identical(shards, tmp
 
 def test_non_finite_loss_stops_with_a_last_good_checkpoint(shards, tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = MaskedAutoencoder.forward_loss
+    original = MaskedAutoencoder.forward_loss_terms
 
     def loss_turning_nan(self, *args):
         calls["n"] += 1
-        loss = original(self, *args)
-        return loss * float("nan") if calls["n"] == 5 else loss  # 3rd optimizer step (2 micro-batches each)
+        total, weight = original(self, *args)
+        return (total * float("nan") if calls["n"] == 5 else total), weight  # 3rd step (2 micro-batches each)
 
-    monkeypatch.setattr(MaskedAutoencoder, "forward_loss", loss_turning_nan)
+    monkeypatch.setattr(MaskedAutoencoder, "forward_loss_terms", loss_turning_nan)
     cfg = load_config(CONFIGS / "pretrain_demo.yaml",
                       overrides=tiny_overrides(shards, tmp_path / "nan", **{"run.ckpt_every_steps": 100}))
     with pytest.raises(NonFiniteLossError, match=r"step 3 .*Last good checkpoint: .*checkpoint-00000002\.pt"):
@@ -193,8 +197,8 @@ def test_reconstruction_png_baseline_is_what_needs_no_learning(norm_pix_loss, tm
     torch.nn.init.zeros_(model.decoder_pred.weight)
     torch.nn.init.zeros_(model.decoder_pred.bias)
     images = torch.randn(2, 3, 32, 32) + torch.tensor([1.0, -1.0, 0.5]).view(1, 3, 1, 1)
-    stats = {"bands": ["nir", "green", "red"], "mean": [0.5, 0.4, 0.3], "std": [0.1, 0.1, 0.1]}
-    errors = save_reconstruction_png(model, (images, torch.ones(2, 32, 32, dtype=torch.bool)), stats,
+    contract = CorpusContract(("nir", "green", "red"), 8, (0.5, 0.4, 0.3), (0.1, 0.1, 0.1))
+    errors = save_reconstruction_png(model, (images, torch.ones(2, 32, 32, dtype=torch.bool)), contract,
                                      tmp_path / "vis.png", seed=0)
     assert (tmp_path / "vis.png").stat().st_size > 0
     if norm_pix_loss:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from tests.test_pack import make_chip_folder
 from training.pack import pack
-from training.shards import AugmentConfig, ShardDataset, ShardSampler, augment, epoch_order
+from training.shards import AugmentConfig, ShardDataset, ShardSampler, augment, epoch_order, read_contract
 
 torch.set_num_threads(1)
 
@@ -83,8 +83,9 @@ def test_normalisation_uses_corpus_stats(shards):
     raw = ShardDataset(shards, AugmentConfig(size=40), normalize=False)
     image, valid = dataset[(0, -1)]
     raw_image, _ = raw[(0, -1)]
-    stats = json.loads((shards / "stats.json").read_text())
-    expected = (raw_image / 255 - torch.tensor(stats["mean"]).view(3, 1, 1)) / torch.tensor(stats["std"]).view(3, 1, 1)
+    contract = read_contract(shards)
+    expected = ((raw_image / 255 - torch.tensor(contract.mean).view(3, 1, 1))
+                / torch.tensor(contract.std).view(3, 1, 1))
     torch.testing.assert_close(image, expected)
     assert not valid[:10, :10].any() and valid[10:, 10:].all()  # the packed chips' nodata corner
 
@@ -102,3 +103,31 @@ def test_augmentations_move_the_nodata_mask_with_the_pixels():
     assert len(seen) > 3  # flips and rotations really vary
     cropped, cropped_valid = augment(chip, valid, AugmentConfig(size=8, scale=(0.2, 0.5)), torch.Generator())
     assert cropped.shape == (2, 8, 8) and cropped_valid.shape == (8, 8)
+
+
+def test_batches_mix_scenes_although_chips_arrive_in_scene_order(tmp_path):
+    """800 chips of 200 scenes listed scene by scene (as a manifest lists them), shards of 32 and a shuffle buffer of
+    one shard (what made a batch a handful of scenes before): every batch of 16 spans >= 0.8 x 16 scenes."""
+    rng = np.random.default_rng(0)
+    chips = tmp_path / "chips"
+    chips.mkdir()
+    for scene in range(200):
+        for chip in range(4):
+            Image.fromarray(rng.integers(1, 255, (8, 8, 3), dtype=np.uint8)).save(chips / f"s{scene:03d}_{chip}.png")
+    pack(tmp_path / "shards", chip_dir=chips, bands=["nir", "green", "red"], shard_size=32)
+    table = pd.concat([pd.read_parquet(tmp_path / "shards" / f"shard-{i:05d}.parquet") for i in range(25)])
+    scene_of = table["chip_id"].str[:4].to_numpy()  # global chip index -> scene
+
+    def epoch(epoch: int, start: int = 0) -> list[int]:
+        sampler = ShardSampler([32] * 25, batch_size=16, seed=3, shuffle_buffer=32)
+        sampler.set_epoch(epoch, start)
+        return [index for index, _ in sampler]
+
+    order = epoch(0)
+    batches = [order[i : i + 16] for i in range(0, len(order), 16)]
+    distinct = [len(set(scene_of[b])) for b in batches]
+    assert len(batches) == 50 and min(distinct) >= 0.8 * min(16, 200), distinct
+    in_scene_order = np.sort(scene_of)  # what packing in manifest order gave: at most 32 / 4 = 8 scenes a batch
+    assert max(len(set(in_scene_order[b])) for b in batches) <= 8
+    assert epoch(0) == order and epoch(0, start=48) == order[48:]  # deterministic and resumable mid-epoch
+    assert epoch(1) != order

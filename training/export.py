@@ -1,20 +1,21 @@
 """``python -m training.export``: MAE training checkpoint -> hub folder (encoder only) through the core's export.
 
-The folder's ``pretrained_cfg`` carries the pretraining corpus' bands, bit depth and per-band mean/std (in [0, 1]
-units), so ``timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=folder))`` and
-``arctic_vit.transforms.normalize_for(model)`` preprocess new imagery exactly as in pretraining.
+The corpus contract (bands, bit depth, per-band mean/std in [0, 1] units, GSD, nodata) is read from the checkpoint,
+where ``training.pretrain`` stored it from the shard folder's ``corpus.json``, and handed to
+``arctic_vit.hub.export_folder(corpus=...)`` unchanged: the folder's ``pretrained_cfg`` / ``config.json`` carry it,
+so ``arctic_vit.normalize_for(model)`` preprocesses new imagery exactly as in pretraining.
 
     python -m training.export export.checkpoint=outputs/pretrain_demo/checkpoints export.out_dir=outputs/export
 """
 
 from __future__ import annotations
 
-import json
+import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from arctic_vit.corpus import ContractError, CorpusContract
 from training.checkpoint import latest_checkpoint, load_checkpoint
 from training.config import stage_cli, write_resolved
 
@@ -35,39 +36,32 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def export_checkpoint(
-    checkpoint: str | Path,
-    out_dir: str | Path,
-    *,
-    model_name: str | None = None,
-    stats: str | Path | dict[str, Any] | None = None,
-    gsd_m: float | None = None,
-) -> Path:
-    """Write the encoder of ``checkpoint`` as a hub folder; ``pretrained_cfg`` gets the corpus bands and mean/std."""
+def checkpoint_contract(state: dict, path: Path) -> CorpusContract:
+    """The corpus contract a training checkpoint carries; errors name the file."""
+    if "corpus" not in state:
+        raise ContractError(f"{path}: no corpus contract (written by an older training.pretrain): re-run pretraining "
+                            "on shards packed by this version, or export with arctic_vit.export_folder(corpus=...)")
+    return CorpusContract.from_dict(state["corpus"], f"{path} ['corpus']")
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, model_name: str | None = None) -> Path:
+    """Write the encoder of ``checkpoint`` as a hub folder carrying the checkpoint's corpus contract."""
     from arctic_vit.hub import export_folder
 
     path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path)
+    contract = checkpoint_contract(state, path)
     config = state.get("config", {})
     model_name = model_name or config.get("model", {}).get("encoder")
     if not model_name:
         raise ValueError(f"{path} records no model.encoder: pass export.model_name")
-    if isinstance(stats, (str, Path)):
-        stats = json.loads(Path(stats).read_text())
-    stats = stats or state.get("stats")
-    if not stats:
-        raise ValueError(f"{path} holds no corpus statistics: pass export.stats=<shards>/stats.json")
     img_size = int(config.get("data", {}).get("img_size", 224))
-    pretrained_cfg = {
-        "bands": tuple(stats["bands"]),
-        "mean": tuple(float(v) for v in stats["mean"]),
-        "std": tuple(float(v) for v in stats["std"]),
-        "bit_depth": int(stats["bit_depth"]),
-        "input_size": (len(stats["bands"]), img_size, img_size),
-    }
-    if gsd_m is not None:
-        pretrained_cfg["gsd_m"] = float(gsd_m)
-    out = export_folder(model_name, state["model"], out_dir, pretrained_cfg=pretrained_cfg, img_size=img_size)
+    if "corpus" in inspect.signature(export_folder).parameters:
+        out = export_folder(model_name, state["model"], out_dir, corpus=contract, img_size=img_size)
+    else:  # a core without the corpus keyword: the same facts as pretrained_cfg entries
+        out = export_folder(model_name, state["model"], out_dir, img_size=img_size,
+                            pretrained_cfg={**contract.pretrained_cfg_fields(),
+                                            "input_size": (len(contract.bands), img_size, img_size)})
     LOG.info("exported %s (step %s) as %s to %s", path, state.get("step"), model_name, out)
     return out
 

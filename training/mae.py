@@ -5,7 +5,9 @@ are attached at the top level of this module, so the state dict holds the encode
 (``patch_embed.*``, ``cls_token``, ``pos_embed``, ``blocks.*``, ``norm.*``) next to ``mask_token`` and
 ``decoder_*``: ``arctic_vit.hub.filter_encoder_state_dict`` of a checkpoint loads strictly into the timm encoder.
 Both position embeddings are fixed 2-D sin-cos. The loss is the per-patch-normalised pixel error on masked patches,
-over valid (non-nodata) pixels only.
+over valid (non-nodata) pixels only, each masked patch weighted by its valid fraction (patches under
+``min_valid_fraction`` not at all). ``forward(..., loss_terms=True)`` returns the weighted sum and the total weight
+instead of their ratio, so a training step can divide once over all micro-batches and ranks.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class MaskedAutoencoder(nn.Module):
         decoder_num_heads: int = 16,
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = True,
+        min_valid_fraction: float = 0.5,
     ) -> None:
         super().__init__()
         if getattr(encoder, "num_prefix_tokens", 1) != 1 or getattr(encoder, "no_embed_class", False):
@@ -76,6 +79,9 @@ class MaskedAutoencoder(nn.Module):
         self.img_size = tuple(self.patch_embed.img_size)
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
+        if not 0.0 < min_valid_fraction <= 1.0:
+            raise ValueError(f"model.min_valid_fraction must be in (0, 1], got {min_valid_fraction}")
+        self.min_valid_fraction = min_valid_fraction
         embed_dim = self.pos_embed.shape[-1]
         num_patches = self.grid[0] * self.grid[1]
 
@@ -128,15 +134,22 @@ class MaskedAutoencoder(nn.Module):
         x = patches.reshape(patches.shape[0], gh, gw, p, p, c)
         return x.permute(0, 5, 1, 3, 2, 4).reshape(patches.shape[0], c, gh * p, gw * p)
 
-    def random_masking(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """tokens: (N, L, D) -> visible (N, K, D), mask (N, L) with 1 = masked, restore (N, L) indices.
+    def num_visible(self, length: int) -> int:
+        """Visible patches of ``length``: ``int(length * (1 - mask_ratio))`` as official MAE, at least 1."""
+        return max(1, int(length * (1 - self.mask_ratio)))
+
+    def random_masking(self, tokens: torch.Tensor, noise: torch.Tensor | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """tokens: (N, L, D), noise: (N, L) uniform or None -> visible (N, K, D), mask (N, L) 1 = masked, restore (N, L)
 
         Sorting one uniform random number per patch gives a random permutation; the first K of it are kept.
-        ``restore`` is the inverse permutation, which puts decoder tokens back in patch order.
+        ``restore`` is the inverse permutation, which puts decoder tokens back in patch order. ``noise=None`` draws
+        from the global RNG; training passes noise from its own generator (see ``training.pretrain``).
         """
         n, length, dim = tokens.shape
-        keep = max(1, round(length * (1 - self.mask_ratio)))
-        noise = torch.rand(n, length, device=tokens.device)
+        keep = self.num_visible(length)
+        if noise is None:
+            noise = torch.rand(n, length, device=tokens.device)
         shuffle = torch.argsort(noise, dim=1)
         restore = torch.argsort(shuffle, dim=1)
         visible = torch.gather(tokens, 1, shuffle[:, :keep, None].expand(-1, -1, dim))
@@ -144,10 +157,11 @@ class MaskedAutoencoder(nn.Module):
         mask[:, :keep] = 0
         return visible, torch.gather(mask, 1, restore), restore
 
-    def forward_encoder(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """images: (N, C, H, W) -> latent (N, 1 + K, D), mask (N, L), restore (N, L)"""
+    def forward_encoder(self, images: torch.Tensor, noise: torch.Tensor | None = None,
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """images: (N, C, H, W), noise: (N, L) or None -> latent (N, 1 + K, D), mask (N, L), restore (N, L)"""
         tokens = self.patch_embed(images) + self.pos_embed[:, 1:]
-        visible, mask, restore = self.random_masking(tokens)
+        visible, mask, restore = self.random_masking(tokens, noise)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(visible.shape[0], -1, -1)
         x = self.pos_drop(torch.cat([cls, visible], dim=1))
         x = self.norm_pre(x)
@@ -167,42 +181,63 @@ class MaskedAutoencoder(nn.Module):
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
-    def target_patches(self, images: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, ...]:
-        """images: (N, C, H, W), valid: (N, H, W) -> target (N, L, P), weights (N, L, P), mean (N, L, 1), std (N, L, 1)
+    def target_patches(self, images: torch.Tensor, valid: torch.Tensor | None,
+                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """images: (N, C, H, W), valid: (N, H, W) or None -> target (N, L, P), weights (N, L, P) or None,
+        mean (N, L, 1), std (N, L, 1)
 
-        With ``norm_pix_loss`` each patch is standardised by the mean/variance of its valid pixels.
+        With ``norm_pix_loss`` each patch is standardised by the mean/variance of its valid pixels (all pixels, as
+        official MAE, when ``valid`` is None).
         """
         target = self.patchify(images.float())
-        weights = self.patchify(valid[:, None].float().expand(-1, images.shape[1], -1, -1))
+        weights = None if valid is None else self.patchify(valid[:, None].float().expand(-1, images.shape[1], -1, -1))
         mean = torch.zeros_like(target[..., :1])
         std = torch.ones_like(target[..., :1])
         if self.norm_pix_loss:
-            count = weights.sum(-1, keepdim=True).clamp_min(1.0)
-            mean = (target * weights).sum(-1, keepdim=True) / count
-            var = (((target - mean) * weights) ** 2).sum(-1, keepdim=True) / (count - 1).clamp_min(1.0)
+            if weights is None:
+                mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+            else:
+                count = weights.sum(-1, keepdim=True).clamp_min(1.0)
+                mean = (target * weights).sum(-1, keepdim=True) / count
+                var = (((target - mean) * weights) ** 2).sum(-1, keepdim=True) / (count - 1).clamp_min(1.0)
             std = (var + 1e-6).sqrt()
             target = (target - mean) / std
         return target, weights, mean, std
 
-    def forward_loss(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
-                     valid: torch.Tensor) -> torch.Tensor:
-        """images: (N, C, H, W), pred: (N, L, P), mask: (N, L), valid: (N, H, W) -> scalar
+    def forward_loss_terms(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+                           valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """images: (N, C, H, W), pred: (N, L, P), mask: (N, L), valid: (N, H, W) or None -> (loss sum, weight sum)
 
-        Mean squared error per masked patch over its valid pixels, averaged over masked patches with any valid pixel.
+        Per masked patch: mean squared error over its valid pixels, weighted by its valid fraction (0 under
+        ``min_valid_fraction``). ``valid=None`` (no nodata in the batch) is official MAE's loss at no extra cost:
+        weight = number of masked patches.
         """
         target, weights, _, _ = self.target_patches(images, valid)
-        per_patch_count = weights.sum(-1)
-        per_patch = (((pred.float() - target) ** 2) * weights).sum(-1) / per_patch_count.clamp_min(1.0)
-        patch_weight = mask * (per_patch_count > 0)
-        return (per_patch * patch_weight).sum() / patch_weight.sum().clamp_min(1.0)
+        if weights is None:
+            per_patch = ((pred.float() - target) ** 2).mean(dim=-1)
+            return (per_patch * mask).sum(), mask.sum()
+        count = weights.sum(-1)
+        per_patch = (((pred.float() - target) ** 2) * weights).sum(-1) / count.clamp_min(1.0)
+        fraction = count / weights.shape[-1]
+        patch_weight = mask * fraction * (fraction >= self.min_valid_fraction)
+        return (per_patch * patch_weight).sum(), patch_weight.sum()
 
-    def forward(self, images: torch.Tensor, valid: torch.Tensor | None = None):
-        """images: (N, C, H, W), valid: (N, H, W) bool or None -> loss, pred (N, L, p*p*C), mask (N, L)"""
-        if valid is None:
-            valid = torch.ones(images.shape[0], *images.shape[-2:], dtype=torch.bool, device=images.device)
-        latent, mask, restore = self.forward_encoder(images)
+    def forward_loss(self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+                     valid: torch.Tensor | None) -> torch.Tensor:
+        """images: (N, C, H, W), pred: (N, L, P), mask: (N, L), valid: (N, H, W) or None -> scalar (0 if no weight)"""
+        total, weight = self.forward_loss_terms(images, pred, mask, valid)
+        return total / weight.clamp_min(1e-12)
+
+    def forward(self, images: torch.Tensor, valid: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                loss_terms: bool = False):
+        """images: (N, C, H, W), valid: (N, H, W) bool or None (no nodata), noise: (N, L) or None
+        -> loss, pred (N, L, p*p*C), mask (N, L); with ``loss_terms`` -> loss sum, weight sum, pred, mask"""
+        latent, mask, restore = self.forward_encoder(images, noise)
         pred = self.forward_decoder(latent, restore)
-        return self.forward_loss(images, pred, mask, valid), pred, mask
+        total, weight = self.forward_loss_terms(images, pred, mask, valid)
+        if loss_terms:
+            return total, weight, pred, mask
+        return total / weight.clamp_min(1e-12), pred, mask
 
 
 def build_mae(model_cfg: dict, bands: Sequence[str], img_size: int) -> MaskedAutoencoder:
@@ -218,4 +253,5 @@ def build_mae(model_cfg: dict, bands: Sequence[str], img_size: int) -> MaskedAut
         decoder_num_heads=model_cfg.get("decoder_num_heads", 16),
         mask_ratio=model_cfg.get("mask_ratio", 0.75),
         norm_pix_loss=model_cfg.get("norm_pix_loss", True),
+        min_valid_fraction=model_cfg.get("min_valid_fraction", 0.5),
     )

@@ -3,9 +3,15 @@
     python -m training.pretrain --config training/configs/pretrain_demo.yaml data.shards=outputs/shards
     torchrun --nproc-per-node 2 -m training.pretrain --config training/configs/pretrain_demo.yaml   # gloo / nccl
 
-Exact resume: a checkpoint holds model, optimizer, scheduler, scaler, every rank's RNG states and the data position
-(epoch + samples consumed), written at optimizer-step boundaries; with ``run.resume: true`` the newest checkpoint in
-``<out_dir>/checkpoints`` is picked up and training continues as if never stopped.
+Exact resume: a checkpoint holds model, optimizer, scheduler, scaler, every rank's RNG states (the masking
+generator's included) and the data position (epoch + samples consumed), written at optimizer-step boundaries; with
+``run.resume: true`` rank 0 picks the newest checkpoint in ``<out_dir>/checkpoints`` (a folder every node must see)
+and broadcasts its choice. A changed world size or effective batch is an error unless ``--allow-reshape``
+(``run.allow_reshape=true``), which recomputes the data position exactly. The corpus contract is read once from the
+shard folder and stored in every checkpoint; resuming onto another corpus is an error.
+
+The loss is normalised once per optimizer step: every micro-batch of every rank contributes its sum of weighted
+per-patch losses and its weight, the weights are all-reduced, and the gradient is divided by the total.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -31,8 +38,10 @@ from timm.optim import param_groups_weight_decay
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from arctic_vit.corpus import ContractError, CorpusContract
 from training.checkpoint import (
     capture_rng_state,
+    clean_stale_temps,
     latest_checkpoint,
     load_checkpoint,
     restore_rng_state,
@@ -40,12 +49,13 @@ from training.checkpoint import (
 )
 from training.config import stage_cli, write_resolved
 from training.mae import MaskedAutoencoder, build_mae
-from training.schedule import scaled_lr, warmup_cosine_scheduler
-from training.shards import AugmentConfig, ShardDataset, ShardSampler, read_stats
+from training.schedule import scaled_lr, warmup_cosine_factor, warmup_cosine_scheduler
+from training.shards import AugmentConfig, ShardDataset, ShardSampler
 
 LOG = logging.getLogger("training.pretrain")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "pretrain_demo.yaml"
-NO_WEIGHT_DECAY = ("cls_token", "pos_embed", "mask_token", "decoder_pos_embed")
+NO_WEIGHT_DECAY = ()  # as official MAE: only norms and biases (ndim <= 1) skip weight decay; cls/mask tokens decay
+MASK_GENERATOR = "mask"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -92,8 +102,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"run.precision must be auto, fp32, bf16 or fp16, got {precision!r}")
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cuda":  # emulated bf16 (V100, T4) would be slow: those get fp16 + GradScaler
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
@@ -122,11 +132,11 @@ def autocast_context(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def reduce_mean(value: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
+def reduce_sum(value: torch.Tensor, ctx: DistributedContext) -> torch.Tensor:
+    """Sum over ranks (a copy; the input is left as is)."""
+    value = value.clone()
     if ctx.world_size > 1:
-        value = value.clone()
         dist.all_reduce(value)
-        value /= ctx.world_size
     return value
 
 
@@ -209,22 +219,22 @@ def pretrain(cfg: dict[str, Any]) -> dict[str, Any]:
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_resolved(cfg, out_dir)
+        clean_stale_temps(ckpt_dir)
     seed = int(run["seed"])
-    torch.manual_seed(seed + ctx.rank)
-    random.seed(seed + ctx.rank)
-    np.random.seed(seed + ctx.rank)
+    seed_everything(seed, ctx.rank)
+    mask_gen = torch.Generator(device=ctx.device).manual_seed(mask_seed(seed, ctx.rank))
 
     dataset, sampler, loader = build_loader(cfg, ctx)
-    stats = read_stats(cfg["data"]["shards"])
+    contract = dataset.contract  # read once, from the shard folder's corpus.json
     plan = batch_plan(cfg, ctx, sampler.batches_per_rank)
     optim_cfg = cfg["optim"]
     lr = float(optim_cfg["lr"]) if optim_cfg.get("lr") else scaled_lr(float(optim_cfg["blr"]), plan["effective_batch"])
     steps_per_epoch = plan["steps_per_epoch"]
     total_steps = int(optim_cfg["epochs"]) * steps_per_epoch
-    warmup_steps = max(1, round(float(optim_cfg["warmup_epochs"]) * steps_per_epoch))
+    warmup_steps = float(optim_cfg["warmup_epochs"]) * steps_per_epoch
     stop_step = min(total_steps, int(run["max_steps"])) if run.get("max_steps") else total_steps
 
-    model = build_mae(cfg["model"], dataset.index["bands"], int(cfg["data"]["img_size"])).to(ctx.device)
+    model = build_mae(cfg["model"], contract.bands, int(cfg["data"]["img_size"])).to(ctx.device)
     groups = param_groups_weight_decay(model, float(optim_cfg["weight_decay"]), no_weight_decay_list=NO_WEIGHT_DECAY)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(optim_cfg.get("betas", (0.9, 0.95))))
     min_factor = float(optim_cfg.get("min_lr", 0.0)) / lr if lr else 0.0
@@ -237,28 +247,15 @@ def pretrain(cfg: dict[str, Any]) -> dict[str, Any]:
         LOG.info("lr = blr %.3g x effective batch %d (%d per rank x %d accumulation x %d ranks) / 256 = %.4g",
                  float(optim_cfg["blr"]), plan["effective_batch"], int(cfg["data"]["batch_size"]), plan["accum"],
                  ctx.world_size, lr)
-        LOG.info("%d chips, %d steps/epoch, %d epochs = %d steps (warmup %d), precision %s, %s attention, device %s",
+        LOG.info("%d chips, %d steps/epoch, %d epochs = %d steps (warmup %g), precision %s, %s attention, device %s",
                  len(dataset), steps_per_epoch, int(optim_cfg["epochs"]), total_steps, warmup_steps, precision,
                  attention, ctx.device)
 
     step = 0
-    resume_from = _resume_path(run, ckpt_dir)
+    resume_from = choose_checkpoint(run, ckpt_dir, ctx)
     if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step = int(state["step"])
-        rng = state["rng"]
-        if len(rng) == ctx.world_size:
-            restore_rng_state(rng[ctx.rank])
-        elif ctx.is_main:
-            LOG.warning("checkpoint has %d ranks' RNG states, this run has %d: not bit-exact", len(rng),
-                        ctx.world_size)
-        position = state["data_position"]
-        if (position["epoch"], position["samples_per_rank"]) != _data_position(step, steps_per_epoch, plan, cfg):
-            LOG.warning("data position %s of %s does not match this run's batch plan", position, resume_from)
+        step = resume(resume_from, cfg, ctx, plan, contract, model, optimizer, scheduler, scaler, mask_gen,
+                      lr_factor=lambda s: warmup_cosine_factor(s, warmup_steps, total_steps, min_factor))
         if ctx.is_main:
             LOG.info("resumed from %s at step %d", resume_from, step)
 
@@ -274,6 +271,8 @@ def pretrain(cfg: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {"lr": lr, **plan, "total_steps": total_steps, "start_step": step}
     loss_value = math.nan
     progress = _progress_bar(run, ctx, step, stop_step)
+    saver = CheckpointWriter(ckpt_dir, model, optimizer, scheduler, scaler, plan, cfg, ctx, contract, mask_gen,
+                             keep_last=int(run.get("keep_last", 3)))
     try:
         while step < stop_step:
             epoch, start_sample = _data_position(step, steps_per_epoch, plan, cfg)
@@ -282,12 +281,11 @@ def pretrain(cfg: dict[str, Any]) -> dict[str, Any]:
             batches = iter(itertools.islice(loader, cycles_left * plan["accum"]))
             for _ in range(min(cycles_left, stop_step - step)):
                 tick = time.perf_counter()
-                rng_before = capture_rng_state()
+                rng_before = capture_rng_state(ctx.device, {MASK_GENERATOR: mask_gen})
                 loss_value = _train_step(train_model, batches, optimizer, scaler, plan["accum"], precision, ctx,
-                                         float(optim_cfg.get("clip_grad") or 0.0))
+                                         float(optim_cfg.get("clip_grad") or 0.0), mask_gen)
                 if not math.isfinite(loss_value):
-                    good = _save(ckpt_dir, model, optimizer, scheduler, scaler, step, plan, cfg, ctx, run,
-                                 rng_override=rng_before)
+                    good = saver.save(step, rng_override=rng_before)
                     raise NonFiniteLossError(
                         f"loss is {loss_value} at step {step + 1} (epoch {epoch}); stopped without applying it. "
                         f"Last good checkpoint: {good} (lower optim.blr, set optim.clip_grad, or check the data)"
@@ -302,12 +300,11 @@ def pretrain(cfg: dict[str, Any]) -> dict[str, Any]:
                     logger.log(step, epoch=epoch, loss=loss_value, lr=optimizer.param_groups[0]["lr"],
                                img_per_s=images_per_s)
                 if ctx.is_main and run.get("vis_every") and (step % int(run["vis_every"]) == 0 or step == stop_step):
-                    errors = save_reconstruction_png(model, vis_batch, stats, out_dir / "vis" / f"step_{step:08d}.png",
-                                                     seed)
+                    errors = save_reconstruction_png(model, vis_batch, contract,
+                                                     out_dir / "vis" / f"step_{step:08d}.png", seed)
                     logger.log(step, **errors)
                 if step % int(run.get("ckpt_every_steps", 1000)) == 0 or step == stop_step:
-                    summary["checkpoint"] = str(_save(ckpt_dir, model, optimizer, scheduler, scaler, step, plan, cfg,
-                                                      ctx, run))
+                    summary["checkpoint"] = str(saver.save(step))
                 if run.get("kill_at_step") and step == int(run["kill_at_step"]) and ctx.is_main:
                     os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the exact-resume tests
     finally:
@@ -322,12 +319,87 @@ def pretrain(cfg: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def seed_everything(seed: int, rank: int) -> None:
+    torch.manual_seed(seed + rank)
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+
+
+def mask_seed(seed: int, rank: int, step: int = 0) -> int:
+    """Seed of a rank's masking generator (its own stream: logging and visualisation cannot move it)."""
+    return int(np.random.SeedSequence([seed, rank, step, 0x6D61736B]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def choose_checkpoint(run: dict[str, Any], ckpt_dir: Path, ctx: DistributedContext) -> Path | None:
+    """Rank 0 picks the checkpoint to resume from and broadcasts it: every rank resumes from the same file."""
+    choice = [str(path) if ctx.is_main and (path := _resume_path(run, ckpt_dir)) is not None else None]
+    if ctx.world_size > 1:
+        dist.broadcast_object_list(choice, src=0)
+    if choice[0] is None:
+        return None
+    path = Path(choice[0])
+    if not path.is_file():
+        raise FileNotFoundError(f"rank {ctx.rank}: checkpoint {path} chosen by rank 0 is not visible here: "
+                                "run.out_dir must be one folder shared by every node")
+    return path
+
+
+def resume(path: Path, cfg: dict[str, Any], ctx: DistributedContext, plan: dict[str, int], contract: CorpusContract,
+           model, optimizer, scheduler, scaler, mask_gen: torch.Generator, lr_factor) -> int:
+    """Load ``path`` into the training state; return the optimizer step to continue from."""
+    state = load_checkpoint(path)
+    if "corpus" not in state:
+        raise ContractError(f"{path}: no corpus contract (written by an older training.pretrain); cannot check that "
+                            f"it was trained on {cfg['data']['shards']}")
+    CorpusContract.from_dict(state["corpus"], str(path)).check_same(
+        contract, f"resuming {path} onto the shards in {cfg['data']['shards']}")
+    encoder = state.get("config", {}).get("model", {}).get("encoder")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: its model ({encoder}) does not fit this run's model.encoder="
+                         f"{cfg['model']['encoder']}: {str(err).splitlines()[0]}") from None
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    position = state["data_position"]
+    before = (int(position["world_size"]), int(position["batch_size"]) * int(position["accum"])
+              * int(position["world_size"]))
+    now = (ctx.world_size, plan["effective_batch"])
+    if before == now:
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"][ctx.rank], ctx.device, {MASK_GENERATOR: mask_gen})
+        return int(state["step"])
+    if not cfg["run"].get("allow_reshape"):
+        raise ValueError(f"{path}: written by {before[0]} ranks with effective batch {before[1]}, this run has "
+                         f"{now[0]} ranks and effective batch {now[1]}: relaunch with the same world size and "
+                         "optim.effective_batch, or pass --allow-reshape (run.allow_reshape=true)")
+    # reshape: the global sample stream does not depend on the world size, so the position is the number of samples
+    # of the epoch consumed by all ranks together; it must fall on a step boundary of the new plan
+    consumed = int(position["samples_per_rank"]) * before[0]
+    if consumed % now[1]:
+        raise ValueError(f"{path}: {consumed} samples of epoch {position['epoch']} consumed, not a multiple of the "
+                         f"new effective batch {now[1]}: reshape from a checkpoint where they divide")
+    step = int(position["epoch"]) * plan["steps_per_epoch"] + consumed // now[1]
+    for group in optimizer.param_groups:  # the new plan's lr (scaling rule) and schedule position
+        group["initial_lr"] = scheduler.base_lrs[0]
+        group["lr"] = group["initial_lr"] * lr_factor(step)
+    scheduler.last_epoch = step
+    seed = int(cfg["run"]["seed"])
+    seed_everything(seed + step, ctx.rank)
+    mask_gen.manual_seed(mask_seed(seed, ctx.rank, step))
+    if ctx.is_main:
+        LOG.warning("reshaped resume: %d -> %d ranks, effective batch %d -> %d; epoch %s after %d samples = step %d "
+                    "(data position exact; RNG streams re-seeded)", before[0], now[0], before[1], now[1],
+                    position["epoch"], consumed, step)
+    return step
+
+
 def _resume_path(run: dict[str, Any], ckpt_dir: Path) -> Path | None:
-    resume = run.get("resume", True)
-    if resume is True or resume == "auto":
+    resume_cfg = run.get("resume", True)
+    if resume_cfg is True or resume_cfg == "auto":
         return latest_checkpoint(ckpt_dir)
-    if resume:
-        return Path(resume)
+    if resume_cfg:
+        return Path(resume_cfg)
     return None
 
 
@@ -337,22 +409,59 @@ def _data_position(step: int, steps_per_epoch: int, plan: dict[str, int], cfg: d
     return epoch, (step % steps_per_epoch) * plan["accum"] * int(cfg["data"]["batch_size"])
 
 
-def _train_step(model, batches, optimizer, scaler, accum: int, precision: str, ctx: DistributedContext,
-                clip_grad: float) -> float:
-    """One optimizer step over ``accum`` micro-batches; returns the mean loss over micro-batches and ranks."""
-    model.train()
-    ddp = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
+def accumulate_gradients(model, batches, accum: int, precision: str, ctx: DistributedContext,
+                         mask_gen: torch.Generator, scaler: torch.amp.GradScaler | None = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward/backward ``accum`` micro-batches; leave in ``.grad`` the gradient of the step's ONE loss
+    sum(weighted patch losses) / sum(weights) over all micro-batches and ranks. Returns (loss sum, weight sum), both
+    summed over ranks.
+
+    Each micro-batch's sum is divided by the weight expected without nodata (so DDP's mean over ranks and the sum
+    over micro-batches give sum / expected total); when nodata made the real total differ, the gradient is rescaled
+    by expected / real once. Batches without nodata skip the validity mask entirely (official MAE's loss).
+    """
+    core = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
+    mae = core.module if isinstance(core, DistributedDataParallel) else core
+    length = mae.grid[0] * mae.grid[1]
+    masked = length - mae.num_visible(length)
     total = torch.zeros((), device=ctx.device)
+    weight = torch.zeros((), device=ctx.device)
+    expected = 0.0
     for micro in range(accum):
         images, valid = next(batches)
+        valid = None if bool(valid.all()) else valid.to(ctx.device, non_blocking=True)  # checked on the CPU copy
         images = images.to(ctx.device, non_blocking=True)
-        valid = valid.to(ctx.device, non_blocking=True)
-        sync = micro == accum - 1 or not isinstance(ddp, DistributedDataParallel)
-        with (nullcontext() if sync else ddp.no_sync()), autocast_context(precision, ctx.device):
-            loss, _, _ = model(images, valid)
-        scaler.scale(loss / accum).backward()
-        total += loss.detach().float() / accum
-    loss_value = float(reduce_mean(total, ctx))
+        noise = torch.rand(images.shape[0], length, generator=mask_gen, device=ctx.device)
+        per_micro = float(images.shape[0] * masked)
+        expected += per_micro
+        sync = micro == accum - 1 or not isinstance(core, DistributedDataParallel)
+        with (nullcontext() if sync else core.no_sync()), autocast_context(precision, ctx.device):
+            loss_sum, loss_weight, _, _ = model(images, valid, noise, loss_terms=True)
+        scaled = loss_sum / (per_micro * accum)
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        total += loss_sum.detach().float()
+        weight += loss_weight.detach().float()
+    sums = reduce_sum(torch.stack([total, weight]), ctx)
+    expected_total = expected * ctx.world_size
+    real_total = float(sums[1])
+    if real_total != expected_total:  # nodata somewhere this step: one rescale to divide by the real total
+        factor = expected_total / real_total if real_total > 0 else 0.0
+        for param in mae.parameters():
+            if param.grad is not None:
+                param.grad.mul_(factor)
+    return sums[0], sums[1]
+
+
+def _train_step(model, batches, optimizer, scaler, accum: int, precision: str, ctx: DistributedContext,
+                clip_grad: float, mask_gen: torch.Generator) -> float:
+    """One optimizer step over ``accum`` micro-batches; returns the step's loss (one normalisation over all)."""
+    model.train()
+    loss_sum, weight = accumulate_gradients(model, batches, accum, precision, ctx, mask_gen, scaler)
+    if float(weight) == 0:
+        LOG.warning("no valid masked patch in this step (all nodata): no update")
+        optimizer.zero_grad(set_to_none=True)
+        return 0.0
+    loss_value = float(loss_sum / weight)
     if not math.isfinite(loss_value):
         optimizer.zero_grad(set_to_none=True)
         return loss_value
@@ -365,32 +474,48 @@ def _train_step(model, batches, optimizer, scaler, accum: int, precision: str, c
     return loss_value
 
 
-def _save(ckpt_dir, model, optimizer, scheduler, scaler, step, plan, cfg, ctx, run, rng_override=None) -> Path:
-    """Gather every rank's RNG state and write a checkpoint from rank 0; all ranks return its path."""
-    rng = rng_override or capture_rng_state()
-    rngs = [rng]
-    if ctx.world_size > 1:
-        rngs = [None] * ctx.world_size
-        dist.all_gather_object(rngs, rng)
-    path = ckpt_dir / f"checkpoint-{step:08d}.pt"
-    if ctx.is_main:
-        epoch, samples = _data_position(step, plan["steps_per_epoch"], plan, cfg)
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rngs,
-            "data_position": {"epoch": epoch, "samples_per_rank": samples, "world_size": ctx.world_size,
-                              "batch_size": int(cfg["data"]["batch_size"]), "accum": plan["accum"]},
-            "step": step,
-            "config": cfg,
-            "stats": read_stats(cfg["data"]["shards"]),  # corpus bands/mean/std travel with the weights
-        }
-        path = save_checkpoint(state, ckpt_dir, step, keep_last=int(run.get("keep_last", 3)))
-    if ctx.world_size > 1:
-        dist.barrier()
-    return path
+@dataclass
+class CheckpointWriter:
+    """Gathers every rank's RNG states and writes a checkpoint from rank 0; all ranks get its path."""
+
+    ckpt_dir: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    plan: dict[str, int]
+    cfg: dict[str, Any]
+    ctx: DistributedContext
+    contract: CorpusContract
+    mask_gen: torch.Generator
+    keep_last: int = 3
+
+    def save(self, step: int, rng_override: dict[str, Any] | None = None) -> Path:
+        ctx = self.ctx
+        rng = rng_override or capture_rng_state(ctx.device, {MASK_GENERATOR: self.mask_gen})
+        rngs = [rng]
+        if ctx.world_size > 1:
+            rngs = [None] * ctx.world_size
+            dist.all_gather_object(rngs, rng)
+        path = self.ckpt_dir / f"checkpoint-{step:08d}.pt"
+        if ctx.is_main:
+            epoch, samples = _data_position(step, self.plan["steps_per_epoch"], self.plan, self.cfg)
+            state = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rngs,
+                "data_position": {"epoch": epoch, "samples_per_rank": samples, "world_size": ctx.world_size,
+                                  "batch_size": int(self.cfg["data"]["batch_size"]), "accum": self.plan["accum"]},
+                "step": step,
+                "config": self.cfg,
+                "corpus": self.contract.to_dict(),  # bands, bit depth, mean/std travel with the weights
+            }
+            path = save_checkpoint(state, self.ckpt_dir, step, keep_last=self.keep_last)
+        if ctx.world_size > 1:
+            dist.barrier()
+        return path
 
 
 def _progress_bar(run: dict[str, Any], ctx: DistributedContext, step: int, total: int):
@@ -424,7 +549,7 @@ def reconstruction_error(images: torch.Tensor, valid: torch.Tensor, recon: torch
 
 @torch.no_grad()
 def save_reconstruction_png(model: MaskedAutoencoder, batch: tuple[torch.Tensor, torch.Tensor],
-                            stats: dict[str, Any], path: Path, seed: int) -> dict[str, float]:
+                            contract: CorpusContract, path: Path, seed: int) -> dict[str, float]:
     """Rows of input | masked input | reconstruction | reconstruction with visible patches pasted, first 3 bands.
 
     Returns :func:`reconstruction_error` of the masked patches. Baseline: with ``norm_pix_loss`` each masked patch
@@ -440,9 +565,9 @@ def save_reconstruction_png(model: MaskedAutoencoder, batch: tuple[torch.Tensor,
     images, valid = (t.to(device) for t in batch)
     was_training = model.training
     model.eval()
-    with torch.random.fork_rng(devices=[]):  # a fixed mask that leaves the training RNG untouched
-        torch.manual_seed(seed)
-        latent, mask, restore = model.forward_encoder(images)
+    length = model.grid[0] * model.grid[1]  # a fixed mask from a generator of its own: no training RNG is touched
+    noise = torch.rand(len(images), length, generator=torch.Generator(device=device).manual_seed(seed), device=device)
+    latent, mask, restore = model.forward_encoder(images, noise)
     pred = model.forward_decoder(latent, restore).float()
     model.train(was_training)
     _, _, mean, std = model.target_patches(images, valid)
@@ -456,10 +581,10 @@ def save_reconstruction_png(model: MaskedAutoencoder, batch: tuple[torch.Tensor,
         baseline = baseline.expand_as(images)
     errors = reconstruction_error(images, valid.float(), recon, mask_pixels, baseline)
     panels = [images, images * (1 - mask_pixels), recon, images * (1 - mask_pixels) + recon * mask_pixels]
-    band_mean = torch.tensor(stats["mean"], device=device).view(1, -1, 1, 1)
-    band_std = torch.tensor(stats["std"], device=device).view(1, -1, 1, 1)
+    band_mean = torch.tensor(contract.mean, device=device).view(1, -1, 1, 1)
+    band_std = torch.tensor(contract.std, device=device).view(1, -1, 1, 1)
     titles = ["input", "masked", "reconstruction", "reconstruction + visible"]
-    names = list(stats.get("bands", []))
+    names = list(contract.bands)
     shown_bands = ([names.index(b) for b in ("red", "green", "blue")] if {"red", "green", "blue"} <= set(names)
                    else list(range(min(3, images.shape[1]))))  # true colour when possible, else the first bands
     # one 2-98 % stretch per input over its shown bands (colour balance kept), at least 0.1 wide, applied to all its
@@ -484,6 +609,9 @@ def save_reconstruction_png(model: MaskedAutoencoder, batch: tuple[torch.Tensor,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--allow-reshape" in argv:  # the flag is run.allow_reshape=true
+        argv = [a for a in argv if a != "--allow-reshape"] + ["run.allow_reshape=true"]
     _, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv)
     try:
         summary = pretrain(cfg)

@@ -2,16 +2,20 @@
 
 Layout written by ``training.pack`` (one folder)::
 
-    index.json                 {"format": 1, "bands": [...], "bit_depth": 11, "dtype": "uint16",
-                                "chip_shape": [C, H, W], "nodata": 0, "shards": [{"name": "shard-00000", "count": 512}]}
-    stats.json                 {"bands", "bit_depth", "mean", "std", "count"}  per-band, in [0, 1] units
-    shard-00000.npy            (N, C, H, W) uint8/uint16 raw DN, band order of ``bands``
-    shard-00000.parquet        one row per chip: chip_id, source_path, row_off, col_off, lat, lon, acquired, sensor
+    corpus.json                the corpus contract (``arctic_vit.corpus.CorpusContract``): bands, bit_depth, per-band
+                               mean/std in [0, 1] units, gsd_m, nodata -- the one place these facts live
+    index.json                 {"format": 2, "dtype": "uint16", "chip_shape": [C, H, W], "count": N, "pixels": P,
+                                "seed": 0, "shards": [{"name": "shard-00000", "count": 1024}, ...]}
+    shard-00000.npy            (N, C, H, W) uint8/uint16 raw DN, band order of the contract's ``bands``
+    shard-00000.parquet        one row per chip: chip_id, source_path, row_off, col_off, lat, lon, acquired, sensor;
+                               its schema metadata stamps the shard's bands / bit depth / dtype (checked on open)
 
-Reading order (``ShardSampler``): shard order shuffled per epoch, chips read shard after shard (sequential memory-mapped
-reads) through a shuffle buffer, the resulting stream split across DDP ranks by stride; DataLoader workers then
-take whole batches of it. Every chip's augmentation is seeded by (seed, epoch, position in the stream), so an epoch
-is identical for any worker count and can be resumed at any sample.
+Pack writes the chips in a seeded global permutation (chip i of the manifest lands anywhere in any shard), so any
+window of the stream -- and therefore any batch -- mixes scenes. Reading order (``ShardSampler``): shard order
+shuffled per epoch, chips read shard after shard (sequential memory-mapped reads) through a shuffle buffer, the
+stream split across DDP ranks by stride; DataLoader workers then take whole batches of it. Every chip's
+augmentation is seeded by (seed, epoch, position in the stream), so an epoch is identical for any worker count and
+can be resumed at any sample.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from arctic_vit.transforms import MultispectralNormalize
+from arctic_vit.corpus import CONTRACT_FILENAME, ContractError, CorpusContract
 
 INDEX_NAME = "index.json"
-STATS_NAME = "stats.json"
-SHARD_FORMAT = 1
+LEGACY_STATS_NAME = "stats.json"
+SHARD_FORMAT = 2
+SHARD_STAMP_KEY = b"arctic_vit.shard"  # parquet schema metadata: {"bands", "bit_depth", "dtype"} of the shard
 
 
 def read_index(shard_dir: str | Path) -> dict[str, Any]:
@@ -42,21 +47,55 @@ def read_index(shard_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no shard index at {path}: run `python -m training.pack` first")
     index = json.loads(path.read_text())
     if index.get("format") != SHARD_FORMAT:
-        raise ValueError(f"{path}: shard format {index.get('format')!r}, this code reads format {SHARD_FORMAT}")
+        raise ValueError(f"{path}: shard format {index.get('format')!r}, this code reads format {SHARD_FORMAT} "
+                         "(format 1 kept bands/bit depth in index.json + stats.json): re-run `python -m training.pack`")
     return index
 
 
-def read_stats(shard_dir: str | Path) -> dict[str, Any]:
-    """Per-band corpus statistics written by ``training.pack`` (mean/std in [0, 1] units)."""
-    path = Path(shard_dir) / STATS_NAME
+def read_contract(shard_dir: str | Path) -> CorpusContract:
+    """The corpus contract of a shard folder (``corpus.json``, with measured mean/std)."""
+    folder = Path(shard_dir)
+    path = folder / CONTRACT_FILENAME
     if not path.is_file():
-        raise FileNotFoundError(f"no corpus statistics at {path}: run `python -m training.pack` first")
-    return json.loads(path.read_text())
+        legacy = folder / LEGACY_STATS_NAME
+        hint = (f"; {legacy} is the old format (bands and bit depth in two files)" if legacy.is_file() else "")
+        raise ContractError(f"{path}: corpus contract not found{hint}: re-run `python -m training.pack`")
+    contract = CorpusContract.read(path)
+    if not contract.has_stats:
+        raise ContractError(f"{path}: corpus contract has no mean/std (pack measures them): re-run training.pack")
+    return contract
 
 
-def make_normalizer(mean: Sequence[float], std: Sequence[float], bit_depth: int) -> torch.nn.Module:
-    """The core's ``MultispectralNormalize``: raw DN -> float32 ``(x / (2**bit_depth - 1) - mean) / std``."""
-    return MultispectralNormalize(mean, std, max_value=float(2**bit_depth - 1))
+def shard_stamp(contract: CorpusContract, dtype: str) -> dict[str, Any]:
+    """What every shard of a folder must agree on (written into each shard's parquet schema metadata)."""
+    return {"bands": list(contract.bands), "bit_depth": contract.bit_depth, "dtype": str(dtype)}
+
+
+def check_shards(shard_dir: str | Path, index: dict[str, Any], contract: CorpusContract) -> None:
+    """Every shard's stamp and array header agree with ``corpus.json`` / ``index.json``; errors name the file."""
+    import pyarrow.parquet as pq
+
+    folder = Path(shard_dir)
+    expected = shard_stamp(contract, index["dtype"])
+    for entry in index["shards"]:
+        table = folder / f"{entry['name']}.parquet"
+        array = folder / f"{entry['name']}.npy"
+        for path in (table, array):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: listed in {folder / INDEX_NAME} but missing")
+        metadata = pq.read_schema(table).metadata or {}
+        if SHARD_STAMP_KEY not in metadata:
+            raise ContractError(f"{table}: no shard stamp (bands, bit depth, dtype): re-run `python -m training.pack`")
+        stamp = json.loads(metadata[SHARD_STAMP_KEY])
+        for key, value in expected.items():
+            if stamp.get(key) != value:
+                raise ContractError(f"{table}: shard {key} {stamp.get(key)!r} disagrees with {value!r} of "
+                                    f"{folder / CONTRACT_FILENAME} / {folder / INDEX_NAME}")
+        header = np.load(array, mmap_mode="r")
+        shape = (int(entry["count"]), *index["chip_shape"])
+        if str(header.dtype) != index["dtype"] or tuple(header.shape) != shape:
+            raise ContractError(f"{array}: array {header.dtype} {tuple(header.shape)}, {folder / INDEX_NAME} says "
+                                f"{index['dtype']} {shape}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +128,20 @@ def random_resized_crop_box(
     return 0, 0, height, width
 
 
+def resize_with_validity(chip: torch.Tensor, valid: torch.Tensor | None, size: tuple[int, int]):
+    """chip: (C, H, W) float32, valid: (H, W) bool or None -> (C, *size), (*size) bool; antialiased bilinear.
+
+    The validity mask is resampled with the same kernel: an output pixel stays valid only when no nodata input pixel
+    contributed to it (a blend of nodata and data is not data). Without nodata the mask is not resampled at all.
+    """
+    out = F.interpolate(chip[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    if valid is None or bool(valid.all()):
+        return out, torch.ones(size, dtype=torch.bool)
+    coverage = F.interpolate(valid[None, None].float(), size=size, mode="bilinear", antialias=True,
+                             align_corners=False)[0, 0]
+    return out, coverage > 1 - 1e-4
+
+
 def augment(chip: torch.Tensor, valid: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None):
     """chip: (C, H, W) float32 DN, valid: (H, W) bool -> (C, S, S) float32, (S, S) bool. ``gen=None``: resize only."""
     height, width = chip.shape[-2:]
@@ -97,9 +150,7 @@ def augment(chip: torch.Tensor, valid: torch.Tensor, cfg: AugmentConfig, gen: to
         chip = chip[:, top : top + h, left : left + w]
         valid = valid[top : top + h, left : left + w]
     if chip.shape[-2:] != (cfg.size, cfg.size):
-        chip = F.interpolate(chip[None], size=(cfg.size, cfg.size), mode="bilinear", antialias=True,
-                             align_corners=False)[0]
-        valid = F.interpolate(valid[None, None].float(), size=(cfg.size, cfg.size), mode="nearest")[0, 0] > 0.5
+        chip, valid = resize_with_validity(chip, valid, (cfg.size, cfg.size))
     if gen is not None:
         flips = torch.randint(0, 2, (2,), generator=gen).tolist()
         quarter_turns = int(torch.randint(0, 4, (1,), generator=gen))
@@ -121,16 +172,15 @@ class ShardDataset(Dataset):
     def __init__(self, shard_dir: str | Path, augment_cfg: AugmentConfig | None = None, normalize: bool = True) -> None:
         self.shard_dir = Path(shard_dir)
         self.index = read_index(self.shard_dir)
+        self.contract = read_contract(self.shard_dir)
+        check_shards(self.shard_dir, self.index, self.contract)
         self.augment_cfg = augment_cfg or AugmentConfig(size=int(self.index["chip_shape"][-1]))
         counts = [int(s["count"]) for s in self.index["shards"]]
         self.shard_names = [s["name"] for s in self.index["shards"]]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.nodata = self.index.get("nodata")
+        self.nodata = self.contract.nodata
         self._arrays: dict[int, np.ndarray] = {}  # opened lazily, per process (safe with DataLoader workers)
-        self.normalize = None
-        if normalize:
-            stats = read_stats(self.shard_dir)
-            self.normalize = make_normalizer(stats["mean"], stats["std"], int(stats["bit_depth"]))
+        self.normalize = self.contract.normalizer() if normalize else None
 
     @property
     def shard_counts(self) -> list[int]:
