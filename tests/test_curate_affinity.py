@@ -10,6 +10,9 @@ from sklearn.datasets import make_blobs
 from training.curate.affinity import (
     exact_ap,
     hierarchical_ap,
+    max_levels,
+    merge_exemplars,
+    negative_sq_distances,
     net_similarity,
     resolve_preference,
 )
@@ -106,3 +109,108 @@ def test_farthest_spreads_more_than_closest():
 
 def test_duplicate_mask():
     assert duplicate_mask([b"a", b"b", b"a", b"c", b"b"]).tolist() == [False, False, True, False, True]
+
+
+# --- termination on hard regimes, the preference that is reported, the per-level record -----------------------------
+
+def hard_case(kind: str, n: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    if kind == "gaussian":
+        return rng.standard_normal((n, 24)).astype(np.float32)
+    if kind == "uniform":
+        return rng.random((n, 24)).astype(np.float32)
+    centres = int(kind.removeprefix("blobs"))
+    x, _ = make_blobs(n, n_features=24, centers=centres, cluster_std=2.5, random_state=0)
+    return x.astype(np.float32)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["gaussian", "uniform", "blobs300", "blobs500"])
+def test_hierarchical_ap_terminates_and_records_every_level(kind):
+    """The old loop never ended on these (> 256 natural clusters, continuous data): bounded levels now."""
+    x = hard_case(kind, 2500)
+    pref = resolve_preference(x, "median")
+    result = hierarchical_ap(x, preference=pref, partition_size=64, max_partition_size=256, polish_rounds=1)
+    bound = max_levels(len(x), 64, 256, 0.1)
+    partition_levels = [lv for lv in result.levels if isinstance(lv["level"], int)]
+    assert 1 <= len(partition_levels) <= bound
+    assert result.preference == pref
+    assert all(lv["preference"] == pref for lv in result.levels), "no silent preference change"
+    for lv in partition_levels:
+        assert lv["exemplars"] <= lv["items"] and {"partition_size", "partitions_converged", "seconds"} <= set(lv)
+    assert result.stop_reason in ("one_partition", "no_reduction_at_max_partition")
+    assert np.array_equal(result.labels[result.exemplars], np.arange(len(result.exemplars)))
+
+
+@pytest.mark.timeout(60)
+def test_no_reduction_at_the_largest_partition_stops_with_the_items_as_exemplars():
+    x = hard_case("blobs500", 2000)  # ~500 clusters can never fit in partitions of at most 32 items
+    pref = resolve_preference(x, "median")
+    result = hierarchical_ap(x, preference=pref, partition_size=16, max_partition_size=32, split=False,
+                             merge=False, polish_rounds=0, refine_iter=0)
+    assert result.stop_reason == "no_reduction_at_max_partition"
+    top = next(lv for lv in result.levels if lv["level"] == "top")
+    assert top["exemplars"] == top["items"] == len(result.exemplars)
+    sizes = [lv["partition_size"] for lv in result.levels if isinstance(lv["level"], int)]
+    assert sizes[0] == 16 and sizes[-1] == 32 and sizes == sorted(sizes)
+
+
+def test_max_levels_bound():
+    # 10_000 items, partitions of 100, at least 50 % cut per level: log2(100) -> 7 cuts, log2(400 / 100) = 2 doublings
+    assert max_levels(10_000, 100, 400, 0.5) == 7 + 2 + 1
+    assert max_levels(50, 100, 100, 0.1) == 1
+
+
+@pytest.mark.timeout(120)
+def test_quality_against_best_configured_sklearn_on_continuous_data():
+    """Net similarity (the AP objective) >= 0.98 x sklearn's AP (damping 0.9, 1000 iterations) on Gaussian 24-d."""
+    x = hard_case("gaussian", 2000)
+    pref = resolve_preference(x, "median")
+    sim = negative_sq_distances(x)
+    reference = AffinityPropagation(damping=0.9, max_iter=1000, convergence_iter=15, preference=pref,
+                                    affinity="precomputed", random_state=0).fit(sim)
+    assert reference.n_iter_ < 1000, "sklearn did not converge: the comparison would be meaningless"
+    sk_labels = reference.cluster_centers_indices_[reference.labels_]
+    ours = hierarchical_ap(x, preference=pref, partition_size=256)
+    ratio = net_similarity(x, sk_labels, pref) / net_similarity(x, ours.exemplars[ours.labels], pref)
+    assert ratio >= 0.98
+
+
+def test_merge_exemplars_hand_computed():
+    x = np.array([[0.0], [0.2], [10.0]], np.float32)
+    # removing exemplar 0 or 1 costs 0.04 < 1 = -preference; they are each other's fallback, so only the first goes
+    kept, rounds = merge_exemplars(x, np.array([0, 1, 2]), preference=-1.0)
+    assert kept.tolist() == [1, 2] and rounds == 2
+    # a preference of -0.01: keeping both (cost 0.04 > 0.01) is better
+    assert merge_exemplars(x, np.array([0, 1, 2]), preference=-0.01)[0].tolist() == [0, 1, 2]
+
+
+def test_polish_never_lowers_the_objective():
+    x = hard_case("uniform", 1500)
+    pref = resolve_preference(x, "median")
+    plain = hierarchical_ap(x, preference=pref, partition_size=128, polish_rounds=0)
+    polished = hierarchical_ap(x, preference=pref, partition_size=128, polish_rounds=2)
+    assert net_similarity(x, polished.exemplars[polished.labels], pref) >= net_similarity(
+        x, plain.exemplars[plain.labels], pref) - 1e-6 * abs(pref)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(damping=1.0), "cluster.ap.damping"),
+    (dict(damping=0.3), "cluster.ap.damping"),
+    (dict(preference=5.0), "cluster.ap.preference"),
+    (dict(preference=float("nan")), "cluster.ap.preference"),
+    (dict(preference="mean"), "cluster.ap.preference"),
+    (dict(preference="quantile", quantile=1.5), "cluster.ap.quantile"),
+    (dict(partition_size=512, max_partition_size=256), "cluster.ap.partition_size"),
+    (dict(min_reduction=0.0), "cluster.ap.min_reduction"),
+])
+def test_out_of_range_arguments_fail_before_work(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        hierarchical_ap(np.zeros((10, 2), np.float32), **kwargs)
+
+
+def test_non_finite_rows_are_an_error():
+    x = blobs(100)
+    x[7, 1] = np.nan
+    with pytest.raises(ValueError, match="row 7"):
+        hierarchical_ap(x)

@@ -18,6 +18,7 @@ local run for the same seed (each task is a pure function of its inputs).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -204,22 +205,21 @@ def _partition_ap(
     candidates: np.ndarray,
     weights: np.ndarray,
     preference: float,
-    partition_size: int,
+    bounds: np.ndarray,
     level_seed: int,
-    local_median_floor: bool,
     ap_kwargs: dict,
-) -> np.ndarray:
-    """One task over items already shuffled -> labels (n,) local exemplar index (into the items).
+) -> tuple[np.ndarray, np.ndarray]:
+    """One task over items in partition order -> (labels (n,) local exemplar index into the items, converged (P,)).
 
+    bounds: (P + 1,) partition boundaries into the items (``bounds[-1] == n``).
     means: (n, d) mean of the points each item stands for, candidates: (n, d) the item's exemplar point,
     weights: (n,) its number of points. ``s'(i, k) = -w_i ||mean_i - x_k||²`` is exact for the points' summed squared
     distances (up to a constant), so upper levels optimise the same objective as exact AP on all points.
     """
     n = len(means)
-    n_parts = max(1, -(-n // partition_size))
-    bounds = np.linspace(0, n, n_parts + 1).astype(np.int64)
     sizes = np.diff(bounds)
     labels = np.empty(n, np.int64)
+    converged: list[np.ndarray] = []
     budget = 262_144  # elements per batched message array (1 MB float32: the 4 arrays stay in cache)
     for size in np.unique(sizes):
         starts = bounds[:-1][sizes == size]
@@ -230,15 +230,45 @@ def _partition_ap(
             S = np.stack([negative_sq_distances(means[i], candidates[i]) for i in idx])
             diag = np.arange(size)
             self_cost = S[:, diag, diag] * weights[idx]
-            pref = np.full(len(batch), preference, np.float32)
-            if local_median_floor and size > 1:  # keep enough exemplars in each partition (over-cluster)
-                off = S[:, ~np.eye(size, dtype=bool)].reshape(len(batch), -1)
-                pref = np.maximum(pref, np.median(off, axis=1).astype(np.float32))
             result = exact_ap_batched(
-                S, pref, weights=weights[idx], self_cost=self_cost, seed=level_seed + int(batch[0]), **ap_kwargs
+                S, preference, weights=weights[idx], self_cost=self_cost, seed=level_seed + int(batch[0]), **ap_kwargs
             )
             labels[idx] = batch[:, None] + result.labels
-    return labels
+            converged.append(result.converged)
+    return labels, np.concatenate(converged)
+
+
+def coherent_order(points: np.ndarray, n_parts: int, seed: int = 0, sample: int = 2048) -> np.ndarray:
+    """points: (n, d) -> permutation (n,) whose ``n_parts`` blocks (``np.linspace`` bounds) are compact in space.
+
+    Recursive bisection along each subset's principal axis (power iteration on at most ``sample`` of its points),
+    split at the block boundary nearest the middle: a partition then holds whole neighbourhoods, not a random
+    scatter, so exact AP inside it sees whole clusters. O(n d log(n_parts)); deterministic for a seed.
+    """
+    n = len(points)
+    bounds = np.linspace(0, n, n_parts + 1).astype(np.int64)
+    order = np.arange(n)
+    rng = np.random.default_rng(seed)
+    stack = [(0, n_parts)]
+    while stack:
+        p0, p1 = stack.pop()
+        if p1 - p0 < 2:
+            continue
+        lo, hi = bounds[p0], bounds[p1]
+        idx = order[lo:hi]
+        sub = points[idx] if hi - lo <= sample else points[idx[rng.choice(hi - lo, sample, replace=False)]]
+        centred = sub - sub.mean(axis=0)
+        axis = rng.standard_normal(points.shape[1]).astype(np.float32)
+        for _ in range(8):  # power iteration for the principal axis
+            axis = centred.T @ (centred @ axis)
+            axis /= np.linalg.norm(axis) + 1e-30
+        pm = (p0 + p1) // 2
+        projection = points[idx] @ axis
+        left = bounds[pm] - lo
+        split = np.argpartition(projection, left - 1) if 0 < left < len(idx) else np.arange(len(idx))
+        order[lo:hi] = idx[split]
+        stack.extend([(p0, pm), (pm, p1)])
+    return order
 
 
 @dataclass
@@ -246,8 +276,49 @@ class HierarchicalAPResult:
     labels: np.ndarray  # (n,) final cluster id 0..K-1
     exemplars: np.ndarray  # (K,) index of each cluster's exemplar in x
     level_labels: list[np.ndarray] = field(default_factory=list)  # per level: (n,) cluster id, fine -> coarse
-    preference: float = 0.0
-    levels: list[dict] = field(default_factory=list)  # per level: points in, exemplars out, seconds
+    preference: float = 0.0  # the preference of the objective that was optimised (and of ``net_similarity``)
+    levels: list[dict] = field(default_factory=list)  # per level: items in, exemplars out, partition, preference, s
+    stop_reason: str = ""  # why the level loop ended: 'one_partition' | 'no_reduction_at_max_partition'
+
+
+def max_levels(n: int, partition_size: int, max_partition_size: int, min_reduction: float) -> int:
+    """Upper bound on the partition levels of ``hierarchical_ap`` for n items (the loop's termination proof).
+
+    A level either cuts the items by at least ``min_reduction`` (at most ``log(n / partition_size) /
+    -log(1 - min_reduction)`` such levels) or doubles the partition size (at most ``log2(max / start)`` times), or
+    it is the last one.
+    """
+    cuts = math.ceil(math.log(max(n / partition_size, 1.0)) / -math.log1p(-min_reduction)) if n > partition_size else 0
+    doublings = math.ceil(math.log2(max(max_partition_size / partition_size, 1.0)))
+    return cuts + doublings + 1
+
+
+def validate_ap_args(
+    preference: str | float, quantile: float, damping: float, partition_size: int, max_partition_size: int,
+    min_reduction: float, target_k: int | None = None, max_iter: int = 200, convergence_iter: int = 10,
+    key: str = "cluster.ap",
+) -> None:
+    """Raise ValueError naming the config key for an argument out of range (called before any work)."""
+    if isinstance(preference, bool) or not isinstance(preference, (int, float, str)):
+        raise ValueError(f"{key}.preference must be 'median', 'quantile', 'target_k' or a number, got {preference!r}")
+    if isinstance(preference, str) and preference not in ("median", "quantile", "target_k"):
+        raise ValueError(f"{key}.preference must be 'median', 'quantile', 'target_k' or a number, got {preference!r}")
+    if isinstance(preference, (int, float)) and not (math.isfinite(preference) and preference < 0):
+        raise ValueError(f"{key}.preference must be a finite negative number (similarities are -distance²), "
+                         f"got {preference}")
+    if preference == "quantile" and not 0.0 < float(quantile) < 1.0:
+        raise ValueError(f"{key}.quantile must be in (0, 1), got {quantile}")
+    if preference == "target_k" and (target_k is None or int(target_k) < 1):
+        raise ValueError(f"{key}.target_k must be a positive integer with preference=target_k, got {target_k}")
+    if not 0.5 <= float(damping) < 1.0:
+        raise ValueError(f"{key}.damping must be in [0.5, 1), got {damping}")
+    if int(partition_size) < 2 or int(max_partition_size) < int(partition_size):
+        raise ValueError(f"{key}.partition_size must be >= 2 and <= {key}.max_partition_size, got "
+                         f"{partition_size} / {max_partition_size}")
+    if not 0.0 < float(min_reduction) < 1.0:
+        raise ValueError(f"{key}.min_reduction must be in (0, 1), got {min_reduction}")
+    if int(max_iter) < 1 or int(convergence_iter) < 1:
+        raise ValueError(f"{key}.max_iter and {key}.convergence_iter must be >= 1, got {max_iter} / {convergence_iter}")
 
 
 def _single_threaded_blas(fn: Callable) -> Callable:
@@ -268,33 +339,50 @@ def hierarchical_ap(
     preference: str | float = "median",
     quantile: float = 0.5,
     target_k: int | None = None,
-    partition_size: int = 256,
+    partition_size: int = 512,
+    max_partition_size: int = 2048,
+    min_reduction: float = 0.1,
     damping: float = 0.6,
     max_iter: int = 200,
     convergence_iter: int = 10,
     refine_iter: int = 3,
     split: bool = True,
+    merge: bool = True,
+    polish_rounds: int = 2,
+    polish_group: int = 512,
+    polish_fixed: int = 24,
+    coherent: bool = True,
     chunk_size: int = 16384,
     seed: int = 0,
     client=None,
     progress: Callable[[int], None] | None = None,
 ) -> HierarchicalAPResult:
-    """x: (n, d) -> HierarchicalAPResult. ``client``: a ``distributed.Client`` (None: run here).
+    """x: (n, d) finite -> HierarchicalAPResult. ``client``: a ``distributed.Client`` (None: run here).
 
-    ``preference``: 'median' | 'quantile' | 'target_k' | a number; with 'target_k' the top level searches the
-    preference that gives ``target_k`` clusters (bisection). ``split``: re-run AP inside each final cluster and keep
-    the splits that raise the net similarity (with 'target_k': then merge the clusters by weighted AP down to k).
+    ``preference``: 'median' | 'quantile' | 'target_k' | a number; one value for every level (recorded per level).
+    With 'target_k' the top level searches the preference that gives ``target_k`` clusters (bisection) and the
+    result reports the preference found. A level whose partitions cut fewer than ``min_reduction`` of its items
+    doubles the partition size (up to ``max_partition_size``); when even that does not cut, the loop stops and the
+    items left are the exemplars (``stop_reason``). ``split`` / ``merge``: re-run AP inside each final cluster and
+    keep the splits that raise the net similarity; drop exemplars whose cluster costs less than ``-preference`` to
+    absorb into the neighbouring ones. Every step after the levels only raises the net similarity.
     """
     import time
 
+    validate_ap_args(preference, quantile, damping, partition_size, max_partition_size, min_reduction, target_k,
+                     max_iter, convergence_iter)
     x = np.ascontiguousarray(x, np.float32)
     n = len(x)
     if n == 0:
         return HierarchicalAPResult(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if not np.isfinite(x).all():
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        raise ValueError(f"hierarchical_ap: {len(bad)} rows with NaN/inf (first: row {bad[0]}); reject them first")
     ap_kwargs = dict(damping=damping, max_iter=max_iter, convergence_iter=convergence_iter)
-    base_pref = resolve_preference(x, "median" if preference == "target_k" else preference, quantile, seed)
+    pref = resolve_preference(x, "median" if preference == "target_k" else preference, quantile, seed)
     rng = np.random.default_rng(seed)
-    chunk_size = max(partition_size, (chunk_size // partition_size) * partition_size)
+    part = int(partition_size)
+    bound = max_levels(n, part, max_partition_size, min_reduction)
 
     active = np.arange(n)  # indices (into x) of the items of the current level (each an exemplar point)
     weights = np.ones(n, np.float64)  # points each active item stands for
@@ -302,16 +390,24 @@ def hierarchical_ap(
     owner = np.arange(n)  # owner[i]: the active item that point i is represented by
     level_labels, levels = [], []
     level = 0
-    while len(active) > partition_size:
+    stop_reason = "one_partition"
+    while len(active) > part:
+        if level >= bound:  # unreachable by the argument in max_levels; a guard, not a code path
+            raise RuntimeError(f"hierarchical_ap: level {level} exceeds the bound {bound} (a bug)")
         t0 = time.perf_counter()
-        order = rng.permutation(len(active))
+        means = (sums[active] / weights[active][:, None]).astype(np.float32)
+        n_parts = -(-len(active) // part)
+        order = coherent_order(means, n_parts, seed + level) if coherent else rng.permutation(len(active))
         items = active[order]
         item_w = weights[items]
-        item_means = (sums[items] / item_w[:, None]).astype(np.float32)
-        chunks = [(s, min(s + chunk_size, len(items))) for s in range(0, len(items), chunk_size)]
+        item_means = means[order]
+        bounds = np.linspace(0, len(items), n_parts + 1).astype(np.int64)
+        per_task = max(1, chunk_size // part)  # partitions per Dask task
+        cuts = bounds[::per_task] if (n_parts % per_task) == 0 else np.append(bounds[::per_task], bounds[-1])
+        chunks = list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
         args = [
-            (item_means[a:b], x[items[a:b]], item_w[a:b], base_pref, partition_size,
-             seed * 1_000_003 + level * 7919 + a, level == 0, ap_kwargs)
+            (item_means[a:b], x[items[a:b]], item_w[a:b], pref, bounds[(bounds >= a) & (bounds <= b)] - a,
+             seed * 1_000_003 + level * 7919 + a, ap_kwargs)
             for a, b in chunks
         ]
         if client is not None:
@@ -320,7 +416,8 @@ def hierarchical_ap(
             local = [_partition_ap_star(arg) for arg in args]
         if progress:
             progress(len(items))
-        exemplar_of_item = np.concatenate([items[a:b][lab] for (a, b), lab in zip(chunks, local)])
+        exemplar_of_item = np.concatenate([items[a:b][lab] for (a, b), (lab, _) in zip(chunks, local)])
+        converged = float(np.mean(np.concatenate([c for _, c in local])))
         rep = np.empty(n, np.int64)
         rep[items] = exemplar_of_item
         new_active = np.unique(exemplar_of_item)
@@ -330,32 +427,118 @@ def hierarchical_ap(
         np.add.at(new_sums, exemplar_of_item, sums[items])
         owner = rep[owner]
         level_labels.append(np.unique(owner, return_inverse=True)[1])
-        levels.append(dict(level=level, items=len(active), exemplars=len(new_active), seconds=time.perf_counter() - t0))
-        if len(new_active) > 0.9 * len(active):
-            # no real reduction (a preference far above the data's similarities): use the items' median next
-            base_pref = min(base_pref, float(np.quantile(sample_similarities(x[new_active], seed=seed), 0.5)))
+        reduction = 1.0 - len(new_active) / len(active)
+        levels.append(dict(level=level, items=len(active), exemplars=len(new_active), partition_size=part,
+                           preference=pref, partitions_converged=converged, seconds=time.perf_counter() - t0))
         active, weights, sums = new_active, new_weights, new_sums
         level += 1
+        if reduction < min_reduction:
+            if part >= max_partition_size:
+                stop_reason = "no_reduction_at_max_partition"
+                break
+            part = min(2 * part, int(max_partition_size))
 
     t0 = time.perf_counter()
-    top_means = (sums[active] / weights[active][:, None]).astype(np.float32)
-    top_k = None if split else target_k  # with the split pass, target_k is met by merging its clusters below
-    top_pref, top_labels = _top_level(top_means, x[active], weights[active], base_pref, top_k, ap_kwargs, seed)
-    exemplars = active[np.unique(top_labels)]
-    levels.append(dict(level=level, items=len(active), exemplars=len(exemplars), seconds=time.perf_counter() - t0))
+    if stop_reason == "one_partition":
+        top_means = (sums[active] / weights[active][:, None]).astype(np.float32)
+        top_k = None if split else target_k  # with the split pass, target_k is met by merging its clusters below
+        top_pref, top_labels = _top_level(top_means, x[active], weights[active], pref, top_k, ap_kwargs, seed)
+        exemplars = active[np.unique(top_labels)]
+    else:  # more exemplars than the largest partition: the items left are the exemplars
+        top_pref, exemplars = pref, active
+    levels.append(dict(level="top", items=len(active), exemplars=len(exemplars), partition_size=len(active),
+                       preference=top_pref, stop_reason=stop_reason, seconds=time.perf_counter() - t0))
     if split:
         t0 = time.perf_counter()
         before = len(exemplars)
         exemplars = _split_clusters(x, exemplars, top_pref, partition_size, ap_kwargs, seed, client)
-        levels.append(dict(level="split", items=before, exemplars=len(exemplars), seconds=time.perf_counter() - t0))
+        levels.append(dict(level="split", items=before, exemplars=len(exemplars), preference=top_pref,
+                           seconds=time.perf_counter() - t0))
+    if merge:
+        t0 = time.perf_counter()
+        before = len(exemplars)
+        exemplars, rounds = merge_exemplars(x, exemplars, top_pref)
+        levels.append(dict(level="merge", items=before, exemplars=len(exemplars), preference=top_pref, rounds=rounds,
+                           seconds=time.perf_counter() - t0))
+    polish_kwargs = dict(damping=max(damping, 0.9), max_iter=max(max_iter, 500), convergence_iter=15)
+    for round_ in range(polish_rounds):
+        t0 = time.perf_counter()
+        before = len(exemplars)
+        exemplars, kept = polish_exemplars(x, exemplars, top_pref, polish_group, polish_fixed, polish_kwargs,
+                                           seed + round_, client)
+        if kept and merge:
+            exemplars, _ = merge_exemplars(x, exemplars, top_pref)
+        levels.append(dict(level=f"polish{round_}", items=before, exemplars=len(exemplars), preference=top_pref,
+                           kept=kept, seconds=time.perf_counter() - t0))
+        if not kept:
+            break
     if split and target_k is not None:
         t0 = time.perf_counter()
-        top_pref, exemplars = _merge_to_k(x, exemplars, base_pref, target_k, ap_kwargs, seed)
-        levels.append(dict(level="target_k", items=before, exemplars=len(exemplars), seconds=time.perf_counter() - t0))
+        before = len(exemplars)
+        top_pref, exemplars = _merge_to_k(x, exemplars, pref, target_k, ap_kwargs, seed)
+        levels.append(dict(level="target_k", items=before, exemplars=len(exemplars), preference=top_pref,
+                           seconds=time.perf_counter() - t0))
     exemplars = _refine(x, exemplars, refine_iter)
     labels = nearest_exemplar(x, exemplars)
     level_labels.append(labels)
-    return HierarchicalAPResult(labels, exemplars, level_labels, top_pref, levels)
+    return HierarchicalAPResult(labels, exemplars, level_labels, top_pref, levels, stop_reason)
+
+
+def merge_exemplars(
+    x: np.ndarray, exemplars: np.ndarray, preference: float, n_neighbours: int = 16, max_rounds: int = 100,
+    chunk: int = 16384,
+) -> tuple[np.ndarray, int]:
+    """x: (n, d), exemplars: (K,) -> (exemplars kept, rounds): drop exemplars whose removal raises the net similarity.
+
+    Removing exemplar k saves ``-preference`` and costs ``sum_{i in C_k} (d2_i - d1_i)``, d1 the distance² to k and
+    d2 to the nearest of k's ``n_neighbours`` nearest exemplars (an upper bound of the true cost). A round removes
+    a set of clusters whose members' fallback exemplars are all kept, cheapest first; it stops when no removal
+    pays or after ``max_rounds`` rounds. Each removal raises the objective by at least ``-preference - cost > 0``.
+    """
+    gain = -float(preference)
+    rounds = 0
+    while rounds < max_rounds and len(exemplars) > 1 and gain > 0:
+        rounds += 1
+        K = len(exemplars)
+        centres = x[exemplars]
+        m = min(n_neighbours, K - 1)
+        nb = np.empty((K, m), np.int64)  # nearest other exemplars of each exemplar
+        for a in range(0, K, chunk):
+            sim = negative_sq_distances(centres[a : a + chunk], centres)
+            sim[np.arange(len(sim)), np.arange(a, a + len(sim))] = -np.inf
+            nb[a : a + chunk] = np.argpartition(-sim, m - 1, axis=1)[:, :m]
+        labels = nearest_exemplar(x, exemplars, chunk)
+        cost = np.zeros(len(x), np.float64)
+        fallback = np.empty(len(x), np.int64)
+        for a in range(0, len(x), chunk):
+            part, lab = x[a : a + chunk], labels[a : a + chunk]
+            diff = part - centres[lab]
+            d1 = np.einsum("ij,ij->i", diff, diff)
+            cand = nb[lab]  # (c, m) fallback candidates of each point
+            diff = part[:, None, :] - centres[cand]
+            d2 = np.einsum("ijk,ijk->ij", diff, diff)
+            best = d2.argmin(axis=1)
+            rows = np.arange(len(part))
+            cost[a : a + len(part)] = d2[rows, best] - d1
+            fallback[a : a + len(part)] = cand[rows, best]
+        cluster_cost = np.bincount(labels, weights=cost, minlength=K)
+        candidates = np.flatnonzero(cluster_cost < gain)
+        if len(candidates) == 0:
+            break
+        order = np.argsort(labels, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=K))])
+        removed = np.zeros(K, bool)
+        needed = np.zeros(K, bool)  # fallback of a removed cluster's member: must stay this round
+        for k in candidates[np.argsort(cluster_cost[candidates], kind="stable")]:
+            if needed[k]:
+                continue
+            targets = fallback[order[starts[k] : starts[k + 1]]]
+            if removed[targets].any():
+                continue
+            removed[k] = True
+            needed[targets] = True
+        exemplars = exemplars[~removed]
+    return exemplars, rounds
 
 
 def _merge_to_k(
@@ -373,7 +556,7 @@ def _merge_to_k(
     return pref, exemplars[np.unique(top_labels)]
 
 
-def _partition_ap_star(args: tuple) -> np.ndarray:
+def _partition_ap_star(args: tuple) -> tuple[np.ndarray, np.ndarray]:
     with threadpool_limits(limits=1):
         return _partition_ap(*args)
 
@@ -484,6 +667,94 @@ def _split_clusters(
     else:
         results = [r for group in groups for r in _split_clusters_star(group)]
     return np.sort(np.concatenate([m[local] for m, local in zip(members, results)]))
+
+
+def _polish_group(
+    points: np.ndarray, fixed: np.ndarray, old: np.ndarray, preference: float, ap_kwargs: dict, seed: int
+) -> np.ndarray | None:
+    """Exact AP on one group's points with the nearest outside exemplars as already-open exemplars.
+
+    points: (m, d) the members of a few neighbouring clusters, fixed: (f, d) outside exemplars (no preference to
+    pay; they never join another exemplar), old: (k,) indices into points of the group's current exemplars ->
+    indices into points of a better exemplar set, or None when AP's does not lower ``sum min distance² +
+    -preference * count`` over the group (both sets scored with the same fixed exemplars).
+    """
+    m, f = len(points), len(fixed)
+    S = np.empty((m + f, m + f), np.float32)
+    S[:m, :m] = negative_sq_distances(points)
+    S[:m, m:] = negative_sq_distances(points, fixed) if f else 0.0
+    S[m:, :] = np.float32(10.0) * (np.abs(S[:m]).max() + abs(preference))  # fixed rows: only themselves
+    S[m:, :] *= -1
+    self_cost = np.zeros((1, m + f), np.float32)
+    self_cost[0, m:] = -preference  # s(k, k) = 0 for a fixed exemplar
+    result = exact_ap_batched(S[None], preference, self_cost=self_cost, seed=seed, **ap_kwargs)
+    local = np.unique(result.labels[0][:m])
+    new = local[local < m]
+
+    def cost(exemplars: np.ndarray) -> float:
+        centres = np.concatenate([points[exemplars], fixed])
+        return float(-negative_sq_distances(points, centres).max(axis=1).sum()) - preference * len(exemplars)
+
+    if len(new) and cost(new) < cost(old) * (1 - 1e-7):
+        return new
+    return None
+
+
+def _polish_star(args: tuple) -> list[np.ndarray | None]:
+    with threadpool_limits(limits=1):
+        return [_polish_group(*a) for a in args]
+
+
+def polish_exemplars(
+    x: np.ndarray, exemplars: np.ndarray, preference: float, group_size: int, n_fixed: int, ap_kwargs: dict,
+    seed: int, client=None,
+) -> tuple[np.ndarray, bool]:
+    """One round of large-neighbourhood search: re-solve groups of neighbouring clusters by exact AP.
+
+    The clusters are cut into groups of about ``group_size`` points (``coherent_order`` of their exemplars); each
+    group's points are re-clustered by exact AP with the ``n_fixed`` nearest outside exemplars open for free, and
+    the group's exemplars are replaced where that lowers the group's cost. The round is kept only if the net
+    similarity of all points rises (groups are solved independently, in parallel on Dask) -> (exemplars, kept).
+    """
+    labels = nearest_exemplar(x, exemplars)
+    K = len(exemplars)
+    n_groups = max(1, round(len(x) / group_size))
+    if n_groups < 1 or K < 2:
+        return exemplars, False
+    order = coherent_order(x[exemplars], min(n_groups, K), seed)
+    bounds = np.linspace(0, K, min(n_groups, K) + 1).astype(np.int64)
+    member_order = np.argsort(labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=K))])
+    jobs, meta = [], []
+    for g in range(len(bounds) - 1):
+        ks = np.sort(order[bounds[g] : bounds[g + 1]])
+        pts = np.sort(np.concatenate([member_order[starts[k] : starts[k + 1]] for k in ks]))
+        inside = np.zeros(K, bool)
+        inside[ks] = True
+        others = np.flatnonzero(~inside)
+        if len(others):
+            gap = negative_sq_distances(x[exemplars[ks]], x[exemplars[others]]).max(axis=0)
+            others = others[np.argsort(-gap, kind="stable")[:n_fixed]]
+        old = np.searchsorted(pts, exemplars[ks])
+        jobs.append((x[pts], x[exemplars[others]], old, preference, ap_kwargs, seed * 7919 + g))
+        meta.append((ks, pts))
+    groups = [jobs[i : i + 4] for i in range(0, len(jobs), 4)]
+    if client is not None:
+        results = [r for group in client.gather(client.map(_polish_star, groups, pure=False)) for r in group]
+    else:
+        results = [r for group in groups for r in _polish_star(group)]
+    keep = np.ones(K, bool)
+    added = []
+    for (ks, pts), new in zip(meta, results):
+        if new is not None:
+            keep[ks] = False
+            added.append(pts[new])
+    if not added:
+        return exemplars, False
+    proposal = np.unique(np.concatenate([exemplars[keep], *added]))
+    before = net_similarity(x, exemplars[labels], preference)
+    after = net_similarity(x, proposal[nearest_exemplar(x, proposal)], preference)
+    return (proposal, True) if after > before else (exemplars, False)
 
 
 def _refine(x: np.ndarray, exemplars: np.ndarray, n_iter: int) -> np.ndarray:

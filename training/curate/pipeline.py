@@ -123,6 +123,20 @@ def _process_sources(sources: list[Source], cfg: dict, catalog: dict, out: Path,
     return results
 
 
+def ap_arguments(cfg: dict) -> dict:
+    """``cluster.ap`` of the config -> keyword arguments of ``hierarchical_ap`` (every key is required)."""
+    ap = cfg["cluster"]["ap"]
+    out = dict(preference=ap["preference"], quantile=float(ap["quantile"]), target_k=ap["target_k"])
+    for key in ("partition_size", "max_partition_size", "max_iter", "convergence_iter", "refine_iter",
+                "polish_rounds", "polish_group", "polish_fixed", "chunk_size"):
+        out[key] = int(ap[key])
+    for key in ("min_reduction", "damping"):
+        out[key] = float(ap[key])
+    for key in ("split", "merge"):
+        out[key] = bool(ap[key])
+    return out
+
+
 def _cluster(x: np.ndarray, cfg: dict, client) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], dict]:
     from tqdm.auto import tqdm
 
@@ -130,19 +144,11 @@ def _cluster(x: np.ndarray, cfg: dict, client) -> tuple[np.ndarray, np.ndarray, 
     seed = int(cfg.get("seed", 0))
     t0 = time.perf_counter()
     if method == "ap":
-        ap = dict(cfg["cluster"]["ap"])
         bar = tqdm(desc="affinity propagation (items over all levels)", unit="item",
                    disable=not cfg.get("progress", True))
-        result = hierarchical_ap(
-            x, preference=ap.get("preference", "median"), quantile=float(ap.get("quantile", 0.5)),
-            target_k=ap.get("target_k"), partition_size=int(ap.get("partition_size", 256)),
-            damping=float(ap.get("damping", 0.6)), max_iter=int(ap.get("max_iter", 200)),
-            convergence_iter=int(ap.get("convergence_iter", 10)), refine_iter=int(ap.get("refine_iter", 3)),
-            split=bool(ap.get("split", True)),
-            chunk_size=int(ap.get("chunk_size", 16384)), seed=seed, client=client, progress=bar.update,
-        )
+        result = hierarchical_ap(x, **ap_arguments(cfg), seed=seed, client=client, progress=bar.update)
         bar.close()
-        info = dict(method="ap", preference=result.preference, levels=result.levels)
+        info = dict(method="ap", preference=result.preference, stop_reason=result.stop_reason, levels=result.levels)
     elif method == "kmeans":
         result = hierarchical_kmeans(x, cfg["cluster"].get("kmeans", {}).get("levels"), seed=seed)
         info = dict(method="kmeans", levels=result.levels)
