@@ -16,9 +16,10 @@ Weights (``weights=``): ``"hub"`` (the pinned published weights; the only option
 (random init of the same architecture: what the tests use), or a local path (an export folder, a checkpoint file, or
 for Prithvi the official ``.pt``).
 
-Normalisation (``normalization=``): ``"native"`` (default): each model's own pretraining statistics applied to
-DN / (2**bit_depth - 1); ``"zscore"``: per-band statistics of the training split (``dataset_stats``). Random init
-has no pretraining statistics, so it always uses the dataset z-score. ``Backbone.normalization`` says what was used.
+Normalisation (``normalization=``): ``"zscore"`` (the headline protocol of ``evaluation.finetune``): per-band
+statistics of the training split (``dataset_stats``), the same transform for every backbone; ``"native"``
+(secondary): each model's own pretraining statistics applied to DN / (2**bit_depth - 1). Random init has no
+pretraining statistics, so it always uses the training-split z-score. ``Backbone.normalization`` says what was used.
 Prithvi expects HLS reflectance: DN / (2**bit_depth - 1) stands in for reflectance in [0, 1] unless the card gives
 ``options.reflectance_per_dn`` (e.g. from the vendor's radiometric calibration).
 """
@@ -40,6 +41,8 @@ from arctic_vit.transforms import MultispectralNormalize
 from evaluation.datasets.card import DatasetCard
 
 SIZES = ("tiny", "small", "base", "large")
+ZSCORE = "train-split z-score"
+"""The name of the headline preprocessing in every table and metrics.json."""
 IMAGENET_MODELS = {
     "imagenet_mae_vit_large": "vit_large_patch16_224.mae",
     "imagenet_supervised_vit_large": "vit_large_patch16_224.augreg_in21k_ft_in1k",
@@ -159,7 +162,7 @@ def _random(name: str, card: DatasetCard, img_size: int, stats: dict | None, arc
         encoder = timm.create_model(model, pretrained=False, bands=card.bands, img_size=img_size)
     indices = tuple(range(len(card.bands)))
     return Backbone(name, encoder, indices, card.bands, zscore(stats, indices, float(card.max_value)),
-                    "dataset z-score (random init has no pretraining statistics)", "random init")
+                    ZSCORE, "random init")
 
 
 def _arctic(name: str, card: DatasetCard, img_size: int, weights: str) -> VisionTransformer:
@@ -230,7 +233,7 @@ def _with_normalization(
     weights_note = "random init (weights=none)" if weights == "none" else str(weights)
     if normalization == "zscore":
         return Backbone(name, encoder, indices, bands, zscore(dataset_stats, indices, float(card.max_value)),
-                        "dataset z-score", weights_note)
+                        ZSCORE, weights_note)
     cfg = encoder.pretrained_cfg
     normalize = MultispectralNormalize(cfg["mean"], cfg["std"], max_value=max_value)
     note = f"model-native: pretraining mean/std of DN / {max_value:g}"

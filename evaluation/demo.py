@@ -153,7 +153,7 @@ def reload_check(export: Path) -> dict[str, Any]:
 
 def task_overrides(task: str, out: Path, size: DemoSize, seed: int) -> list[str]:
     """Recipe overrides cutting the task's labelled chips from a separate labelled archive (not the pretraining one)."""
-    generate = {"task": task, "scenes_dir": str(out / "tasks" / "scenes"), "scenes": max(2, size.scenes // 2),
+    generate = {"task": task, "scenes_dir": str(out / "tasks" / "scenes"), "scenes": max(3, size.scenes // 2),
                 "size": size.scene_px, "seed": seed + 1000, "chip_size": 128}
     return [f"dataset.card_overrides.root={out / 'tasks' / task}",
             f"dataset.card_overrides.generate={json.dumps(generate)}"]
@@ -225,9 +225,13 @@ def write_report(out: Path, facts: dict[str, Any]) -> Path:
               "dict(file=FOLDER))` and with plain timm `local-dir:FOLDER`; outputs agree: "
               f"{all(r['plain_timm_agrees'] for r in facts['reload'].values())}. Bands "
               f"{curated['bands']}, corpus mean {np.round(curated['mean'], 4).tolist()}.",
-              "", "## 4. Evaluation (foreground mean F1, reference: random init)", ""]
+              "", "## 4. Evaluation (foreground mean F1, reference: random init)", "",
+              "Every backbone gets the same preprocessing (per-band z-score of the training split); random init "
+              "trains without layer-wise lr decay. Splits keep whole scenes on one side (train / val / test); the "
+              "test split is scored once. Intervals: hierarchical bootstrap over seeds x chips grouped by scene.", ""]
     for name, card in facts["evaluation"].items():
-        lines += [f"### {name}", "", results_table(card["results"]), ""]
+        lines += [f"### {name} ({card['eval_split']} split, {card['n_eval_images']} chips in "
+                  f"{card['n_eval_groups']} scene(s))", "", results_table(card["results"]), ""]
         for png in ("results.png", "panels.png"):
             path = out / "evaluation" / name / "compare" / png
             if path.is_file():

@@ -1,12 +1,22 @@
 """Finetune one backbone on one dataset recipe with one seed; write the scores.
 
     python -m evaluation.finetune --recipe evaluation/recipes/maple_iwp_semantic.yaml \\
-        --backbone arctic_mae_vit_tiny --weights outputs/export --seed 0 train.epochs=5
+        --backbone arctic_mae_vit_tiny --weights outputs/export --seed 0 --device auto train.epochs=5
+
+Protocol: trains on ``dataset.train_split``; scores ``dataset.tune_split`` (val: what an lr sweep chooses on) and,
+when the card has it, ``dataset.test_split`` once (reported); without a test split the tune split is reported and
+named as such. Headline preprocessing: every backbone gets the same per-band z-score of the training split
+(``backbone.normalization: zscore``); ``native`` (each model's pretraining statistics) is the secondary protocol.
+Pretrained encoders train with layer-wise lr decay, random init without it.
+
+Device (``--device`` / ``train.device``): auto (CUDA when present) | cpu | cuda[:N]; bf16 autocast on CUDA (fp16 +
+loss scaling where bf16 is not native), float32 on the CPU.
 
 Outputs in ``<output.root>/<recipe name>/<backbone>/seed<seed>/``: ``resolved_config.yaml``, ``metrics.json``
-(scores, backbone description, normalisation used, data rejects, timing), ``per_image.npz`` (per-image [tp, fp, fn]
-per class, for paired bootstraps) and ``predictions.npz`` (a few evaluation tiles for qualitative panels).
-A run whose ``metrics.json`` exists for the same resolved config is skipped (``--force`` reruns it).
+(scores per split, backbone description, normalisation, lr, device, data rejects, timing), ``per_image.npz`` (the
+reported split's per-chip counts, groups and instance matches, for bootstraps) and ``predictions.npz`` (a few tiles
+for qualitative panels). A run is skipped when its ``metrics.json`` has the same run key: the resolved config, the
+dataset card, the weights' sha256 (file or folder content) and the code version (``--force`` reruns it).
 
 A plain loop on purpose: one short function per phase reads more easily than a trainer's callbacks here, and the
 whole protocol (crops, layer-wise lr decay, warmup + cosine, evaluation tiling) stays visible in one file.
@@ -15,8 +25,10 @@ whole protocol (crops, layer-wise lr decay, warmup + cosine, evaluation tiling) 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -27,9 +39,10 @@ import torch.nn.functional as F
 import yaml
 
 from evaluation.backbones import BACKBONES, Backbone, build_backbone
+from evaluation.chip_eval import evaluate
 from evaluation.datasets import ChipDataset, build_dataset, load_card
-from evaluation.datasets.card import IGNORE_INDEX, DatasetCard, resolve_path
-from evaluation.metrics import instance_counts, instance_scores, match_instances, pixel_counts, semantic_scores
+from evaluation.datasets.card import IGNORE_INDEX, REPO_ROOT, DatasetCard, resolve_path
+from evaluation.devices import DEVICE_CHOICES, Precision, backward_step, cuda_device, resolve_device, to_device
 from evaluation.models import (
     InstanceSegmentationModel,
     SemanticSegmentationModel,
@@ -37,11 +50,17 @@ from evaluation.models import (
     masks_to_targets,
     param_groups,
 )
-from evaluation.tiling import grid_views, random_view, stack
+from evaluation.tiling import random_view, stack
 from training.config import load_config, write_resolved
 
+log = logging.getLogger(__name__)
 METRICS_NAME = "metrics.json"
 TASKS = ("semantic", "instance")
+HEADLINE = {"semantic": "foreground_mean_f1", "instance": "instance_f1"}
+"""The headline metric of a task: pixel F1 for semantic recipes, object F1 (IoU >= 0.5) for instance recipes."""
+CODE_DIRS = ("arctic_vit", "evaluation")
+
+__all__ = ["evaluate", "load_recipe", "run", "run_dir", "train", "train_step"]
 
 
 def run_dir(cfg: dict, backbone: str, seed: int) -> Path:
@@ -52,8 +71,44 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(weights: str | None) -> str:
+    """Content fingerprint of ``--weights``: sha256 of a file, or of every file (relative path + sha256) of a folder;
+    ``hub`` / ``none`` stand for themselves (hub revisions are pinned in code, which the code version covers)."""
+    if weights in (None, "none", "hub"):
+        return str(weights or "none")
+    path = Path(weights).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"--weights {weights}: no such file or folder")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f.relative_to(path) if f != path else f.name}:".encode())
+        digest.update(_file_sha256(str(f), stat.st_size, stat.st_mtime_ns).encode())
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    """sha256 of the source of ``arctic_vit/`` and ``evaluation/`` (every ``.py``): any code change reruns."""
+    digest = hashlib.sha256()
+    for folder in CODE_DIRS:
+        for f in sorted((REPO_ROOT / folder).rglob("*.py")):
+            digest.update(str(f.relative_to(REPO_ROOT)).encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def dataset_stats(dataset: ChipDataset) -> dict[str, list[float]]:
-    """Per-band mean/std (DN) over the scored pixels of a split: the per-dataset z-score option."""
+    """Per-band mean/std (DN) over the scored pixels of a split: the training-split z-score of the headline protocol."""
     total = sq = count = 0.0
     for sample in dataset:
         valid = sample["mask"] != IGNORE_INDEX
@@ -74,11 +129,46 @@ def build_model(cfg: dict, backbone: Backbone, card: DatasetCard) -> torch.nn.Mo
                                      **(m.get("maskrcnn") or {}))
 
 
-def train(cfg: dict, model: torch.nn.Module, encoder: torch.nn.Module, samples: list[dict], seed: int) -> list[float]:
-    """Random crops, AdamW with layer-wise lr decay, per-iteration warmup + cosine -> mean loss per epoch."""
+def layer_decay_for(cfg: dict, backbone_name: str) -> float:
+    """Layer-wise lr decay of a backbone: the recipe's for pretrained encoders, none (1.0) for random init."""
+    return 1.0 if backbone_name.startswith("random_") else float(cfg["train"]["layer_decay"])
+
+
+def make_batch(cfg: dict, views: list, device: torch.device) -> dict:
+    """Views -> a batch on ``device``; instance targets are built on the CPU first, then moved with the rest."""
+    batch = stack(views)
+    if cfg["task"] == "instance":
+        batch["targets"] = [masks_to_targets(inst) for inst in batch.pop("instances")]
+    else:
+        batch.pop("instances")
+    return to_device(batch, device)
+
+
+def train_step(cfg: dict, model: torch.nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
+               precision: Precision, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """One optimisation step on a batch already on the model's device -> the detached loss (on that device)."""
+    with precision.autocast():
+        if cfg["task"] == "semantic":
+            logits = model(batch["image"], batch["latlon"])
+            loss = F.cross_entropy(logits.float(), batch["mask"], ignore_index=IGNORE_INDEX)
+        else:
+            loss = sum(v.float() for v in model(batch["image"], batch["targets"], batch["latlon"]).values())
+    backward_step(loss, optimizer, scaler)
+    return loss.detach()
+
+
+def train(cfg: dict, model: torch.nn.Module, encoder: torch.nn.Module, samples: list[dict], seed: int,
+          device: torch.device | str = "cpu", layer_decay: float | None = None) -> list[float]:
+    """Random crops, AdamW (layer-wise lr decay ``layer_decay``), per-iteration warmup + cosine -> mean loss per
+    epoch. The model is moved to ``device``; crops are cut on the CPU and moved batch by batch."""
     t = cfg["train"]
+    device = torch.device(device)
+    precision = Precision.for_device(device)
+    scaler = precision.scaler()
+    model.to(device)
     rng = np.random.default_rng(seed)
-    groups = param_groups(model, encoder, t["weight_decay"], t["layer_decay"])
+    decay = t["layer_decay"] if layer_decay is None else layer_decay
+    groups = param_groups(model, encoder, t["weight_decay"], decay)
     optimizer = torch.optim.AdamW(groups, lr=t["lr"], betas=(0.9, 0.999))
     views_per_epoch = len(samples) * t["crops_per_image"]
     steps_per_epoch = max(1, views_per_epoch // t["batch_size"])
@@ -86,103 +176,45 @@ def train(cfg: dict, model: torch.nn.Module, encoder: torch.nn.Module, samples: 
     warmup = int(t["warmup_fraction"] * total)
     size, step, history = cfg["model"]["img_size"], 0, []
     model.train()
-    for _ in range(t["epochs"]):
+    start = time.time()
+    for epoch in range(t["epochs"]):
         order = rng.permutation(views_per_epoch) % len(samples)
         losses = []
         for b in range(steps_per_epoch):
             views = [random_view(samples[i], size, rng, t["flips"]) for i in order[b * t["batch_size"]:
                                                                                       (b + 1) * t["batch_size"]]]
-            batch = stack(views)
             factor = cosine_lr(step, total, warmup)
             for group in optimizer.param_groups:
                 group["lr"] = t["lr"] * factor * group["lr_scale"]
-            loss = _loss(cfg, model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(train_step(cfg, model, make_batch(cfg, views, device), optimizer, precision, scaler))
             step += 1
-        history.append(float(np.mean(losses)))
+        history.append(float(torch.stack(losses).float().mean().cpu()))  # one device sync per epoch
+        log.info("epoch %d/%d: loss %.4f (%d steps, %.0f s)", epoch + 1, t["epochs"], history[-1], step,
+                 time.time() - start)
     return history
 
 
-def _loss(cfg: dict, model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    if cfg["task"] == "semantic":
-        logits = model(batch["image"], batch["latlon"])
-        return F.cross_entropy(logits, batch["mask"], ignore_index=IGNORE_INDEX)
-    targets = [masks_to_targets(inst) for inst in batch["instances"]]
-    return sum(model(batch["image"], targets, batch["latlon"]).values())
-
-
-@torch.no_grad()
-def evaluate(cfg: dict, model: torch.nn.Module, dataset: ChipDataset, card: DatasetCard) -> dict[str, Any]:
-    """Tile every evaluation chip; pool per-chip counts -> scores, per-image arrays, a few prediction tiles."""
-    model.eval()
-    size, batch_size = cfg["model"]["img_size"], cfg["train"]["batch_size"]
-    k, panels = card.num_classes, cfg["eval"]["panels"]
-    ids, pixel, matches, inst_counts, kept, dropped = [], [], [], [], [], 0
-    for sample in dataset:
-        views = grid_views(sample, size)
-        counts = np.zeros((k, 3), dtype=np.int64)
-        icounts = np.zeros((k, 3), dtype=np.int64)
-        for start in range(0, len(views), batch_size):
-            chunk = views[start : start + batch_size]
-            batch = stack(chunk)
-            if cfg["task"] == "semantic":
-                preds = model(batch["image"], batch["latlon"]).argmax(1)
-            else:
-                outputs = model(batch["image"], None, batch["latlon"])
-                preds = torch.stack([_instances_to_semantic(o, size, cfg["eval"]["score_threshold"])
-                                     for o in outputs])
-                for view, out in zip(chunk, outputs):
-                    dropped += view.dropped
-                    match = match_instances((out["masks"][:, 0] > 0.5), out["scores"], out["labels"],
-                                            view.instances["masks"], view.instances["labels"])
-                    matches.append(match)
-                    icounts += instance_counts(match, k, cfg["eval"]["score_threshold"])
-            for view, pred in zip(chunk, preds):
-                counts += pixel_counts(pred, view.mask, k)
-                if len(kept) < panels and (view.mask != IGNORE_INDEX).any():
-                    kept.append((view.image.numpy(), view.mask.numpy(), pred.numpy(), f"{view.source}@{view.origin}"))
-        ids.append(sample["id"])
-        pixel.append(counts)
-        inst_counts.append(icounts)
-    present = np.stack(pixel)[:, :, [0, 2]].sum(axis=(0, 2)) > 0  # tp + fn: the class occurs in the ground truth
-    absent = [name for name, seen in zip(card.classes[1:], present[1:]) if not seen]
-    if len(absent) == len(card.classes) - 1:
-        raise ValueError(f"evaluation split {cfg['dataset']['eval_split']!r} of {card.name!r} holds no foreground "
-                         "pixel: every score would be undefined; use a split with labelled objects")
-    scores = semantic_scores(pixel, card.classes)
-    scores["warnings"] = [f"class {name!r} is absent from the evaluation split: its F1 is undefined and left "
-                          "out of the foreground mean" for name in absent]
-    if cfg["task"] == "instance":
-        scores.update(instance_scores(matches, card.classes, cfg["eval"]["score_threshold"]))
-        scores["instances_dropped_at_tile_edges"] = dropped
-    return {"scores": scores, "ids": ids, "pixel_counts": np.stack(pixel), "instance_counts": np.stack(inst_counts),
-            "panels": kept}
-
-
-def _instances_to_semantic(output: dict, size: int, threshold: float) -> torch.Tensor:
-    """Mask R-CNN output -> (S, S) class map (higher-scoring instances painted last), for pixel scores too."""
-    semantic = torch.zeros(size, size, dtype=torch.long)
-    order = torch.argsort(output["scores"])
-    for i in order:
-        if output["scores"][i] >= threshold:
-            semantic[output["masks"][i, 0] > 0.5] = output["labels"][i]
-    return semantic
-
-
 def run(cfg: dict, backbone_name: str, seed: int, weights: str | None = None, force: bool = False,
-        out_dir: Path | None = None) -> dict[str, Any]:
-    """One finetuning run -> its metrics dict (read back from disk when the run was already done)."""
+        out_dir: Path | None = None, device: str | None = None, final: bool = True) -> dict[str, Any]:
+    """One finetuning run -> its metrics dict (read back from disk when the run was already done).
+
+    ``final=False`` (an lr-sweep run) scores the tune split only: the test split is touched by final runs alone.
+    """
     if cfg.get("task") not in TASKS:
         raise ValueError(f"recipe task must be one of {TASKS}, got {cfg.get('task')!r}")
     cfg = _typed(json.loads(json.dumps(cfg)))  # private copy with numbers as numbers
     cfg["backbone"]["name"], cfg["seed"] = backbone_name, seed
     if weights is not None:
         cfg["backbone"]["weights"] = weights
+    option = "--device" if device is not None else "train.device"
+    resolved = resolve_device(device if device is not None else cfg["train"].get("device", "auto"), option)
+    card = load_card(cfg["dataset"]["card"], cfg["dataset"].get("card_overrides"))
     out = out_dir or run_dir(cfg, backbone_name, seed)
-    digest = config_hash(cfg)
+    precision = Precision.for_device(resolved)
+    key = {"config": config_hash(cfg), "card": config_hash(card.to_dict()), "final": final,
+           "weights_sha256": weights_sha256(cfg["backbone"]["weights"]), "code_version": code_version(),
+           "device_type": resolved.type, "precision": precision.name}
+    digest = config_hash(key)
     metrics_path = out / METRICS_NAME
     if metrics_path.is_file() and not force:
         previous = json.loads(metrics_path.read_text())
@@ -191,20 +223,23 @@ def run(cfg: dict, backbone_name: str, seed: int, weights: str | None = None, fo
     threads = torch.get_num_threads()
     torch.set_num_threads(int(cfg["train"]["threads"]))
     try:
-        return _run(cfg, backbone_name, seed, out, digest)
+        with cuda_device(resolved):
+            return _run(cfg, card, backbone_name, seed, out, digest, key, resolved, final)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(cfg: dict, backbone_name: str, seed: int, out: Path, digest: str) -> dict[str, Any]:
+def _run(cfg: dict, card: DatasetCard, backbone_name: str, seed: int, out: Path, digest: str, key: dict,
+         device: torch.device, final: bool) -> dict[str, Any]:
     torch.manual_seed(seed)
     start = time.time()
-    metrics_path = out / METRICS_NAME
-
-    card = load_card(cfg["dataset"]["card"], cfg["dataset"].get("card_overrides"))
-    train_set = build_dataset(card, cfg["dataset"]["train_split"])
-    eval_set = build_dataset(card, cfg["dataset"]["eval_split"])
+    d = cfg["dataset"]
+    train_set = build_dataset(card, d["train_split"])
     card = train_set.card
+    splits = [d["tune_split"]]
+    if final and d.get("test_split") and d["test_split"] in card.splits.names:
+        splits.append(d["test_split"])
+    eval_sets = {name: build_dataset(card, name) for name in splits}
     b = cfg["backbone"]
     stats = dataset_stats(train_set) if backbone_name.startswith("random_") or b["normalization"] == "zscore" \
         else None
@@ -219,31 +254,68 @@ def _run(cfg: dict, backbone_name: str, seed: int, out: Path, digest: str) -> di
                                              for s in samples):
         raise ValueError(f"task 'instance' needs instance labels but the training split of {card.name!r} has none "
                          "(raster pairs: set the card's options.instance_band)")
-    history = train(cfg, model, backbone.encoder, samples, seed)
-    result = evaluate(cfg, model, eval_set, card)
+    decay = layer_decay_for(cfg, backbone_name)
+    log.info("%s seed %d: training on %d chips of %r (%s, lr %g, layer decay %g, %s)", backbone_name, seed,
+             len(train_set), card.name, device, cfg["train"]["lr"], decay, backbone.normalization)
+    history = train(cfg, model, backbone.encoder, samples, seed, device, decay)
+    precision = Precision.for_device(device)
+    results = {name: evaluate(cfg, model, data, card, device, precision) for name, data in eval_sets.items()}
+    reported = splits[-1]
+    result = results[reported]
 
     out.mkdir(parents=True, exist_ok=True)
     write_resolved(cfg, out)
-    np.savez_compressed(out / "per_image.npz", ids=np.array(result["ids"]), pixel_counts=result["pixel_counts"],
-                        instance_counts=result["instance_counts"])
+    _save_per_image(out / "per_image.npz", result)
     if result["panels"]:
         images, masks, preds, names = zip(*result["panels"])
         np.savez_compressed(out / "predictions.npz", images=np.stack(images), masks=np.stack(masks),
                             preds=np.stack(preds), names=np.array(names), bands=np.array(backbone.input_bands),
                             card_bands=np.array(card.bands), max_value=card.max_value)
+    note = (f"reported on {reported!r}, held out from training and lr choice" if reported != d["tune_split"] else
+            f"reported on {reported!r}: the split lr is tuned on (the card has no {d.get('test_split')!r} split)")
     metrics = {
         "recipe": cfg["name"], "task": cfg["task"], "dataset": card.name, "classes": list(card.classes),
-        "backbone": backbone.describe(), "seed": seed, "scores": result["scores"],
-        "n_train": len(train_set), "n_eval": len(eval_set), "eval_split": cfg["dataset"]["eval_split"],
+        "backbone": backbone.describe(), "seed": seed, "headline_metric": HEADLINE[cfg["task"]],
+        "scores": result["scores"], "scores_by_split": {n: r["scores"] for n, r in results.items()},
+        "eval_split": reported, "eval_note": note, "splits": card.splits.kind,
+        "protocol": {"normalization": backbone.normalization, "lr": cfg["train"]["lr"], "layer_decay": decay,
+                     "device": str(device), "precision": precision.name, "eval_overlap_px": cfg["eval"]["overlap"]},
+        "n_train": len(train_set), "n_eval": len(eval_sets[reported]),
+        "n_by_split": {n: len(x) for n, x in eval_sets.items()},
         "rejects": [{"item": r.item, "reason": r.reason} for r in train_set.rejects],
-        "loss_per_epoch": history, "seconds": round(time.time() - start, 1), "config_hash": digest,
+        "loss_per_epoch": history, "seconds": round(time.time() - start, 1), "config_hash": digest, "run_key": key,
     }
-    metrics_path.write_text(json.dumps(_finite(metrics), indent=2, allow_nan=False))
+    (out / METRICS_NAME).write_text(json.dumps(_finite(metrics), indent=2, allow_nan=False))
     return metrics
 
 
-FLOAT_KEYS = {"train": ("lr", "weight_decay", "layer_decay", "warmup_fraction"), "eval": ("score_threshold",)}
-INT_KEYS = {"train": ("epochs", "batch_size", "crops_per_image", "threads"), "eval": ("panels",),
+def _save_per_image(path: Path, result: dict) -> None:
+    """Per-chip arrays of the reported split; instance matches flattened with their chip index."""
+    arrays = {"ids": np.array(result["ids"]), "groups": np.array(result["groups"]),
+              "pixel_counts": result["pixel_counts"]}
+    if "matches" in result:
+        for name in ("object", "detection", "delineation"):
+            arrays[f"{name}_counts"] = result[f"{name}_counts"]
+        matches = result["matches"]
+        arrays["match_image"] = np.concatenate([np.full(len(m["scores"]), i) for i, m in enumerate(matches)])
+        arrays["gt_image"] = np.concatenate([np.full(len(m["gt_labels"]), i) for i, m in enumerate(matches)])
+        for field in ("scores", "labels", "tp", "gt_labels"):
+            arrays[f"match_{field}"] = np.concatenate([m[field] for m in matches])
+    np.savez_compressed(path, **arrays)
+
+
+def load_matches(data: Any) -> list[dict]:
+    """The per-chip matches back from ``per_image.npz`` (see ``_save_per_image``)."""
+    n = len(data["ids"])
+    image, gt_image = data["match_image"], data["gt_image"]
+    return [{"scores": data["match_scores"][image == i], "labels": data["match_labels"][image == i],
+             "tp": data["match_tp"][image == i], "gt_labels": data["match_gt_labels"][gt_image == i]}
+            for i in range(n)]
+
+
+FLOAT_KEYS = {"train": ("lr", "weight_decay", "layer_decay", "warmup_fraction"),
+              "eval": ("score_threshold", "merge_iou")}
+INT_KEYS = {"train": ("epochs", "batch_size", "crops_per_image", "threads"), "eval": ("panels", "overlap"),
             "model": ("img_size", "pyramid_channels", "decoder_channels")}
 
 
@@ -289,11 +361,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", default=None, help="hub | none | local path (export folder, checkpoint)")
     parser.add_argument("--out", default=None, help="run folder (default <output.root>/<recipe>/<backbone>/seed<N>)")
     parser.add_argument("--force", action="store_true", help="rerun even if metrics.json exists")
+    parser.add_argument("--device", default=None, help=f"{DEVICE_CHOICES} (default: the recipe's train.device)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_intermixed_args(argv)
     cfg = load_recipe(args.recipe, args.overrides)
-    metrics = run(cfg, args.backbone, args.seed, args.weights, args.force, Path(args.out) if args.out else None)
-    print(yaml.safe_dump({k: metrics[k] for k in ("recipe", "seed", "scores", "seconds")} |
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    metrics = run(cfg, args.backbone, args.seed, args.weights, args.force, Path(args.out) if args.out else None,
+                  device=args.device)
+    print(yaml.safe_dump({k: metrics[k] for k in ("recipe", "seed", "eval_split", "scores", "seconds")} |
                          {"backbone": metrics["backbone"]["backbone"], "skipped": metrics.get("skipped", False)},
                          sort_keys=False))
 

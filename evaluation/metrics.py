@@ -1,12 +1,20 @@
-"""Scores of the comparison: foreground mean F1 (pixel F1 per foreground class, averaged) and IoU; instance F1 at
-IoU >= 0.5 and mAP50 where instances exist; a paired bootstrap over evaluation images for differences.
+"""Scores of the comparison: foreground mean F1 (pixel F1 per foreground class, averaged) and IoU; object F1 at
+IoU >= 0.5, mAP50, detection F1 and delineation F1 where instances exist; a hierarchical bootstrap over seeds x
+chips (chips grouped by scene) for intervals and differences.
+
+The scored class set is fixed once: the foreground classes present in the ground truth of the whole evaluation
+split (``scored_classes``). Every resample and every backbone averages over exactly that set; a resample in which a
+scored class has no ground truth is undefined (counted, not silently averaged over fewer classes). A class absent
+from the ground truth has no F1 (NaN, never 0); if it is predicted anyway, its false-positive pixels/objects are
+reported (``predicted_but_absent``), not averaged in.
 
 Everything is computed from per-image counts, so runs can be pooled and resampled after the fact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,26 +35,49 @@ def pixel_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
 
 
 def f1_iou(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """counts: (K, 3) [tp, fp, fn] -> F1 (K,), IoU (K,); NaN for a class absent from both target and prediction."""
+    """counts: (K, 3) [tp, fp, fn] -> F1 (K,), IoU (K,); NaN for a class absent from the ground truth (tp + fn = 0),
+    whatever was predicted: its F1 is undefined, not 0."""
     tp, fp, fn = (counts[..., i].astype(np.float64) for i in range(3))
     with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
-        iou = np.where(tp + fp + fn > 0, tp / (tp + fp + fn), np.nan)
+        f1 = np.where(tp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+        iou = np.where(tp + fn > 0, tp / (tp + fp + fn), np.nan)
     return f1, iou
 
 
-def foreground_mean(values: np.ndarray) -> float:
-    """Mean over foreground classes (index >= 1), NaN classes left out; NaN if none is defined."""
-    fg = values[1:]
-    return float(np.nanmean(fg)) if np.isfinite(fg).any() else float("nan")
+def scored_classes(total: np.ndarray) -> np.ndarray:
+    """total: (K, 3) counts of the whole split -> (K,) bool: foreground classes present in the ground truth."""
+    present = (total[:, 0] + total[:, 2]) > 0
+    present[0] = False
+    return present
+
+
+def foreground_mean(values: np.ndarray, scored: np.ndarray | None = None) -> float:
+    """Mean over the ``scored`` classes (default: foreground classes with a value); NaN if any scored class is
+    undefined, so every average is over the same class set."""
+    if scored is None:
+        scored = np.isfinite(values)
+        scored[0] = False
+    if not scored.any():
+        return float("nan")
+    chosen = values[scored]
+    return float(np.mean(chosen)) if np.isfinite(chosen).all() else float("nan")
+
+
+def predicted_but_absent(total: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:
+    """Foreground classes with no ground truth but false positives -> their count (reported, not scored)."""
+    return {name: int(total[c, 1]) for c, name in enumerate(class_names)
+            if c > 0 and total[c, 0] + total[c, 2] == 0 and total[c, 1] > 0}
 
 
 def semantic_scores(per_image_counts: Sequence[np.ndarray], class_names: Sequence[str]) -> dict:
-    """Pool per-image (K, 3) counts -> foreground mean F1 / IoU and per-class values."""
+    """Pool per-image (K, 3) counts -> foreground mean F1 / IoU over the scored classes, per-class values."""
     total = np.sum(np.stack(per_image_counts), axis=0)
     f1, iou = f1_iou(total)
+    scored = scored_classes(total)
     return {
-        "foreground_mean_f1": foreground_mean(f1), "foreground_mean_iou": foreground_mean(iou),
+        "foreground_mean_f1": foreground_mean(f1, scored), "foreground_mean_iou": foreground_mean(iou, scored),
+        "scored_classes": [n for n, s in zip(class_names, scored) if s],
+        "predicted_but_absent": predicted_but_absent(total, class_names),
         "per_class_f1": {name: _clean(v) for name, v in zip(class_names, f1)},
         "per_class_iou": {name: _clean(v) for name, v in zip(class_names, iou)},
     }
@@ -62,28 +93,93 @@ def mask_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return inter / union.clamp(min=1)
 
 
+def greedy_match(ious: np.ndarray, scores: np.ndarray, labels: np.ndarray, gt_labels: np.ndarray,
+                 iou_threshold: float) -> np.ndarray:
+    """ious: (P, G) -> (P,) index of the ground truth each prediction matched, -1 if none.
+
+    Greedy, class-aware, in descending score order (COCO style): each prediction takes the free ground truth of its
+    class with the highest IoU if that IoU reaches ``iou_threshold`` (``iou_threshold=0``: any overlap > 0).
+    """
+    matched = np.full(len(scores), -1, dtype=np.int64)
+    taken = np.zeros(len(gt_labels), dtype=bool)
+    for i in np.argsort(-scores, kind="stable"):
+        if len(gt_labels) == 0:
+            break
+        candidates = np.where(taken | (gt_labels != labels[i]), -1.0, ious[i])
+        best = int(np.argmax(candidates))
+        if candidates[best] > 0 and candidates[best] >= iou_threshold:
+            taken[best] = True
+            matched[i] = best
+    return matched
+
+
+def _match_dict(matched: np.ndarray, scores: np.ndarray, labels: np.ndarray, gt_labels: np.ndarray) -> dict:
+    order = np.argsort(-scores, kind="stable")
+    return {"scores": scores[order], "labels": labels[order], "tp": matched[order] >= 0, "gt_labels": gt_labels,
+            "gt_index": matched[order]}
+
+
 def match_instances(pred_masks: torch.Tensor, pred_scores: torch.Tensor, pred_labels: torch.Tensor,
                     gt_masks: torch.Tensor, gt_labels: torch.Tensor, iou_threshold: float = 0.5) -> dict:
-    """Greedy class-aware matching in descending score order (COCO style) for one image.
+    """Full-image masks of one image -> {"scores": (P,), "labels": (P,), "tp": (P,) bool, "gt_labels": (G,),
+    "gt_index": (P,)} as numpy arrays, predictions in descending score order (see ``greedy_match``)."""
+    ious = mask_iou(pred_masks.bool(), gt_masks.bool()).numpy()
+    scores, labels, gts = pred_scores.float().numpy(), pred_labels.numpy(), gt_labels.numpy()
+    return _match_dict(greedy_match(ious, scores, labels, gts, iou_threshold), scores, labels, gts)
 
-    -> {"scores": (P,), "labels": (P,), "tp": (P,) bool, "gt_labels": (G,)} as numpy arrays.
+
+def boxed_overlaps(pred: Sequence[Any], gt: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Objects with ``row``, ``col``, ``mask`` (h, w) bool (``evaluation.overlap.TileInstance``) -> (P, G) IoU and
+    (P, G, 3) [intersection, pred-only, gt-only] pixel counts, computed inside overlapping boxes only."""
+    ious = np.zeros((len(pred), len(gt)))
+    pixels = np.zeros((len(pred), len(gt), 3), dtype=np.int64)
+    if not len(pred) or not len(gt):
+        return ious, pixels
+    pb = np.array([(p.row, p.col, p.row + p.mask.shape[0], p.col + p.mask.shape[1]) for p in pred])
+    gb = np.array([(g.row, g.col, g.row + g.mask.shape[0], g.col + g.mask.shape[1]) for g in gt])
+    psize = np.array([int(p.mask.sum()) for p in pred])
+    gsize = np.array([int(g.mask.sum()) for g in gt])
+    overlap = ((pb[:, None, 0] < gb[None, :, 2]) & (gb[None, :, 0] < pb[:, None, 2])
+               & (pb[:, None, 1] < gb[None, :, 3]) & (gb[None, :, 1] < pb[:, None, 3]))
+    for i, j in zip(*np.nonzero(overlap)):
+        r0, c0 = max(pb[i, 0], gb[j, 0]), max(pb[i, 1], gb[j, 1])
+        r1, c1 = min(pb[i, 2], gb[j, 2]), min(pb[i, 3], gb[j, 3])
+        a = pred[i].mask[r0 - pb[i, 0] : r1 - pb[i, 0], c0 - pb[i, 1] : c1 - pb[i, 1]]
+        b = gt[j].mask[r0 - gb[j, 0] : r1 - gb[j, 0], c0 - gb[j, 1] : c1 - gb[j, 1]]
+        inter = int(np.logical_and(a, b).sum())
+        pixels[i, j] = (inter, psize[i] - inter, gsize[j] - inter)
+        ious[i, j] = inter / max(psize[i] + gsize[j] - inter, 1)
+    return ious, pixels
+
+
+def object_scores(pred: Sequence[Any], gt: Sequence[Any], num_classes: int, score_threshold: float = 0.5,
+                  iou_threshold: float = 0.5) -> dict:
+    """Objects of one chip (whole objects, merged across tiles) -> its matches and counts.
+
+    - ``match``: every prediction matched at IoU >= ``iou_threshold`` (for mAP50; ``match_instances`` layout);
+    - ``object``: (K, 3) [tp, fp, fn] objects at IoU >= ``iou_threshold`` among predictions >= ``score_threshold``;
+    - ``detection``: (K, 3) objects found: a prediction (>= ``score_threshold``) overlapping a ground-truth object
+      of its class at all (IoU > 0, one-to-one, greedy by score);
+    - ``delineation``: (K, 3) [tp, fp, fn] pixels of the detection-matched pairs (pixel F1 inside found objects).
     """
-    order = torch.argsort(pred_scores, descending=True)
-    ious = mask_iou(pred_masks[order].bool(), gt_masks.bool())
-    taken = torch.zeros(len(gt_masks), dtype=torch.bool)
-    tp = torch.zeros(len(order), dtype=torch.bool)
-    labels = pred_labels[order]
-    for i in range(len(order)):
-        if len(gt_masks) == 0:
-            break
-        candidates = ious[i].clone()
-        candidates[taken | (gt_labels != labels[i])] = -1
-        best = int(torch.argmax(candidates))
-        if candidates[best] >= iou_threshold:
-            taken[best] = True
-            tp[i] = True
-    return {"scores": pred_scores[order].numpy(), "labels": labels.numpy(), "tp": tp.numpy(),
-            "gt_labels": gt_labels.numpy()}
+    scores = np.array([p.score for p in pred], dtype=np.float64)
+    labels = np.array([p.label for p in pred], dtype=np.int64)
+    gt_labels = np.array([g.label for g in gt], dtype=np.int64)
+    ious, pixels = boxed_overlaps(pred, gt)
+    match = _match_dict(greedy_match(ious, scores, labels, gt_labels, iou_threshold), scores, labels, gt_labels)
+    kept = scores >= score_threshold
+    found = np.full(len(pred), -1, dtype=np.int64)
+    found[kept] = greedy_match(ious[kept], scores[kept], labels[kept], gt_labels, 0.0)
+    detection = np.zeros((num_classes, 3), dtype=np.int64)
+    delineation = np.zeros((num_classes, 3), dtype=np.int64)
+    for c in range(1, num_classes):
+        mine = kept & (labels == c)
+        tp = int((found[mine] >= 0).sum())
+        detection[c] = (tp, int(mine.sum()) - tp, int((gt_labels == c).sum()) - tp)
+        for i in np.flatnonzero(mine & (found >= 0)):
+            delineation[c] += pixels[i, found[i]]
+    return {"match": match, "object": instance_counts(match, num_classes, score_threshold), "detection": detection,
+            "delineation": delineation}
 
 
 def instance_counts(match: dict, num_classes: int, score_threshold: float = 0.5) -> np.ndarray:
@@ -122,48 +218,90 @@ def instance_scores(matches: Sequence[dict], class_names: Sequence[str], score_t
     gts = np.concatenate([m["gt_labels"] for m in matches]) if matches else np.zeros(0)
     ap = np.array([np.nan] + [average_precision(scores[labels == c], tps[labels == c], int((gts == c).sum()))
                               for c in range(1, k)])
+    scored = scored_classes(counts)
     return {
-        "instance_f1": foreground_mean(f1), "map50": foreground_mean(ap),
+        "instance_f1": foreground_mean(f1, scored), "map50": foreground_mean(ap, scored),
+        "instance_predicted_but_absent": predicted_but_absent(counts, class_names),
         "per_class_instance_f1": {n: _clean(v) for n, v in zip(class_names, f1)},
         "per_class_ap50": {n: _clean(v) for n, v in zip(class_names, ap)},
         "score_threshold": score_threshold,
     }
 
 
-def pooled_foreground_f1(counts: np.ndarray) -> float:
-    """counts: (n_images, K, 3) -> foreground mean F1 of their sum."""
-    return foreground_mean(f1_iou(counts.sum(axis=0))[0])
+def map50_of(matches: Sequence[dict], scored: np.ndarray) -> float:
+    """Pool matches (one dict per image, as ``match_instances``) -> mAP50 over the ``scored`` classes."""
+    scores = np.concatenate([m["scores"] for m in matches]) if matches else np.zeros(0)
+    labels = np.concatenate([m["labels"] for m in matches]) if matches else np.zeros(0)
+    tps = np.concatenate([m["tp"] for m in matches]) if matches else np.zeros(0, dtype=bool)
+    gts = np.concatenate([m["gt_labels"] for m in matches]) if matches else np.zeros(0)
+    ap = np.full(len(scored), np.nan)
+    for c in np.flatnonzero(scored):
+        ap[c] = average_precision(scores[labels == c], tps[labels == c], int((gts == c).sum()))
+    return foreground_mean(ap, scored)
 
 
-def paired_bootstrap(runs: dict[str, list[np.ndarray]], reference: str, n_boot: int = 1000,
-                     seed: int = 0) -> dict[str, dict[str, float]]:
-    """Paired bootstrap over evaluation images of (backbone - reference) foreground mean F1.
+def counts_statistic(scored: np.ndarray, which: str = "f1") -> Callable[[np.ndarray, np.ndarray], float]:
+    """A bootstrap statistic: (n_images, K, 3) counts, image index -> foreground mean F1 (or IoU) of their sum."""
+    column = 0 if which == "f1" else 1
 
-    runs: backbone -> one (n_images, K, 3) count array per seed, all over the same images in the same order.
-    Each resample draws images once and scores every backbone and seed on them; a backbone's score is its mean
-    over seeds. -> backbone -> {"diff", "ci_low", "ci_high"} (95 %, percentile).
+    def statistic(counts: np.ndarray, index: np.ndarray) -> float:
+        return foreground_mean(f1_iou(counts[index].sum(axis=0))[column], scored)
+
+    return statistic
+
+
+def map50_statistic(scored: np.ndarray) -> Callable[[list[dict], np.ndarray], float]:
+    """A bootstrap statistic: per-image matches, image index -> mAP50 of the drawn images (repeats count twice)."""
+    return lambda matches, index: map50_of([matches[i] for i in index], scored)
+
+
+def hierarchical_bootstrap(runs: dict[str, list[Any]], statistic: Callable[[Any, np.ndarray], float],
+                           groups: Sequence[str], reference: str | None = None, n_boot: int = 1000,
+                           seed: int = 0) -> dict[str, dict[str, float | int | None]]:
+    """Bootstrap over seeds x chips, chips resampled by group (scene), paired across backbones.
+
+    runs: backbone -> one per-image data item per seed (counts (n_images, K, 3) or a list of matches), all over the
+    same images in the same order; groups: (n_images,) group key of each image (the image itself when unknown).
+    Each resample draws groups with replacement (their images together, the same draw for every backbone), then
+    each backbone's seeds with replacement; its value is the mean over drawn seeds of ``statistic``.
+    -> backbone -> {"value", "ci_low", "ci_high"} (95 %, percentile) and, for others than ``reference``,
+    {"diff", "diff_ci_low", "diff_ci_high"}; "undefined": resamples left out because a scored class had no ground
+    truth in them.
     """
-    if reference not in runs:
+    if reference is not None and reference not in runs:
         raise ValueError(f"reference backbone {reference!r} has no runs; have {sorted(runs)}")
-    n_images = {arr.shape[0] for arrays in runs.values() for arr in arrays}
-    if len(n_images) != 1:
-        raise ValueError(f"runs were scored on different image sets (sizes {sorted(n_images)}): cannot pair them")
-    n = n_images.pop()
+    n = len(groups)
+    sizes = {len(item) for items in runs.values() for item in items}
+    if sizes != {n}:
+        raise ValueError(f"runs were scored on different image sets (sizes {sorted(sizes)}, {n} groups given): "
+                         "cannot pair them")
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(str(g), []).append(i)
+    blocks = [np.array(v) for v in members.values()]
     rng = np.random.default_rng(seed)
-    samples = [rng.integers(0, n, n) for _ in range(n_boot)]
-
-    def score(arrays: list[np.ndarray], index: np.ndarray | None) -> float:
-        return float(np.nanmean([pooled_foreground_f1(a if index is None else a[index]) for a in arrays]))
-
-    ref_point = score(runs[reference], None)
-    ref_boot = np.array([score(runs[reference], s) for s in samples])
-    out = {}
-    for name, arrays in runs.items():
-        if name == reference:
-            continue
-        diffs = np.array([score(arrays, s) for s in samples]) - ref_boot
-        low, high = np.nanpercentile(diffs, [2.5, 97.5])
-        out[name] = {"diff": score(arrays, None) - ref_point, "ci_low": float(low), "ci_high": float(high)}
+    everything = np.arange(n)
+    values = {name: np.empty(n_boot) for name in runs}
+    for b in range(n_boot):
+        drawn = rng.integers(0, len(blocks), len(blocks))
+        index = np.concatenate([blocks[d] for d in drawn])
+        for name, items in runs.items():
+            seeds = rng.integers(0, len(items), len(items))
+            values[name][b] = np.mean([statistic(items[s], index) for s in seeds])
+    out: dict[str, dict] = {}
+    for name, items in runs.items():
+        point = float(np.mean([statistic(item, everything) for item in items]))
+        boot = values[name]
+        ok = np.isfinite(boot)
+        low, high = np.percentile(boot[ok], [2.5, 97.5]) if ok.any() else (np.nan, np.nan)
+        row = {"value": point, "ci_low": _clean(low), "ci_high": _clean(high), "undefined": int((~ok).sum())}
+        if reference is not None and name != reference:
+            ref_point = float(np.mean([statistic(item, everything) for item in runs[reference]]))
+            diffs = boot - values[reference]
+            ok = np.isfinite(diffs)
+            dlow, dhigh = np.percentile(diffs[ok], [2.5, 97.5]) if ok.any() else (np.nan, np.nan)
+            row |= {"diff": point - ref_point, "diff_ci_low": _clean(dlow), "diff_ci_high": _clean(dhigh)}
+        out[name] = row
     return out
 
 

@@ -158,10 +158,14 @@ def masks_to_targets(instances: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     masks = instances["masks"].bool()
     keep = masks.flatten(1).any(dim=1)
     masks, labels = masks[keep], instances["labels"][keep]
-    boxes = torch.zeros(len(masks), 4)
-    for i, mask in enumerate(masks):
-        rows, cols = torch.where(mask)
-        boxes[i] = torch.tensor([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=torch.float32)
+    boxes = torch.zeros(len(masks), 4, device=masks.device)  # on the masks' device: no CPU tensor on a GPU path
+    if len(masks):
+        rows, cols = masks.any(dim=2), masks.any(dim=1)  # (K, H), (K, W)
+        h, w = torch.arange(rows.shape[1], device=masks.device), torch.arange(cols.shape[1], device=masks.device)
+        boxes[:, 0] = torch.where(cols, w, cols.shape[1]).amin(1)
+        boxes[:, 1] = torch.where(rows, h, rows.shape[1]).amin(1)
+        boxes[:, 2] = torch.where(cols, w, -1).amax(1) + 1
+        boxes[:, 3] = torch.where(rows, h, -1).amax(1) + 1
     return {"boxes": boxes, "labels": labels, "masks": masks.to(torch.uint8)}
 
 

@@ -79,7 +79,7 @@ def test_random_backbone_uses_training_split_zscore_and_requires_stats():
     assert "z-score" in backbone.normalization
     zscored = build_backbone("imagenet_mae_vit_large", _card(), 64, weights="none", arch="vit_tiny_patch16_224",
                              normalization="zscore", dataset_stats=STATS)
-    assert zscored.normalization == "dataset z-score"
+    assert zscored.normalization == "train-split z-score" == backbone.normalization
 
 
 def test_prithvi_backbone_from_official_file_uses_hls_statistics(tmp_path):

@@ -14,7 +14,8 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 
 from evaluation.datasets import IGNORE_INDEX, build_dataset, load_card
-from evaluation.datasets.card import assign_splits, card_from_dict
+from evaluation.datasets.card import card_from_dict
+from evaluation.datasets.splits import SplitSpec, parse_splits
 from evaluation.datasets.synthetic_tasks import cut_task_chips
 
 MAPLE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "maple_iwp"
@@ -74,18 +75,83 @@ def test_via_bad_input_raises_naming_the_file(tmp_path):
         build_dataset(card_from_dict(_via_card(tmp_path)))
 
 
-def test_card_validation_and_deterministic_disjoint_splits(tmp_path):
+def test_card_validation(tmp_path):
     with pytest.raises(ValueError, match="missing field"):
         card_from_dict({"name": "x", "format": "via_json"})
     with pytest.raises(ValueError, match="unknown band"):
         card_from_dict(_via_card(tmp_path) | {"bands": ["infrared"]})
-    ids = [f"chip{i}" for i in range(20)]
-    first = assign_splits(ids, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
-    assert first == assign_splits(list(reversed(ids)), {"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
-    assert sorted(first.values()).count("val") == 4 and sorted(first.values()).count("train") == 12
-    assert assign_splits(ids[:3], {"train": 0.8, "val": 0.1, "test": 0.1}, seed=0).values().__len__() == 3
-    assert set(assign_splits(ids[:3], {"train": 0.8, "val": 0.1, "test": 0.1}, seed=0).values()) == {
-        "train", "val", "test"}
+    with pytest.raises(ValueError, match="unknown splits key"):
+        card_from_dict(_via_card(tmp_path) | {"splits": {"groups": "scene"}})
+    with pytest.raises(ValueError, match=r"splits\.group must be one of"):
+        card_from_dict(_via_card(tmp_path) | {"splits": {"group": "site"}})
+
+
+def _spec(**splits) -> SplitSpec:
+    return parse_splits({"fractions": {"train": 0.6, "val": 0.2, "test": 0.2}, **splits}, Path("."), "card.yaml")
+
+
+def test_chip_hash_split_is_stable_when_chips_are_added():
+    ids = [f"chip{i:03d}" for i in range(200)]
+    before, _ = _spec(seed=3).assign(ids)
+    after, moved = _spec(seed=3).assign(ids + [f"new{i}" for i in range(50)])
+    assert moved == [] and all(after[i] == before[i] for i in ids)  # adding chips moves no other chip
+    assert before == _spec(seed=3).assign(list(reversed(ids)))[0]
+    shares = {n: list(before.values()).count(n) / len(ids) for n in ("train", "val", "test")}
+    assert shares == pytest.approx({"train": 0.6, "val": 0.2, "test": 0.2}, abs=0.08)
+    assert before != _spec(seed=4).assign(ids)[0]
+
+
+def test_group_split_keeps_every_scene_on_one_side():
+    ids = [f"scene_{s:03d}_r{r:05d}_c{c:05d}" for s in range(30) for r in (0, 128) for c in (0, 128, 256)]
+    split_of, _ = _spec(group="scene").assign(ids)
+    sides = {}
+    for item, split in split_of.items():
+        sides.setdefault(item.split("_r")[0], set()).add(split)
+    assert len(sides) == 30 and all(len(v) == 1 for v in sides.values())
+    assert set(split_of.values()) == {"train", "val", "test"}
+    binned = _spec(group={"regex": r"FID_(\d+)_", "bin": 20})
+    assert binned.group_of("FID_160_Polygon_1") == binned.group_of("FID_179_Polygon_2") == "8"
+    assert binned.group_of("FID_180_Polygon_1") == "9"
+    with pytest.raises(ValueError, match=r"card.yaml: splits.group '\^\(\.\+\)_r.* matches nothing in chip id 'a1'"):
+        _spec(group="scene").assign(["a1"])
+
+
+def test_few_groups_still_fill_every_split():
+    for seed in range(20):  # 3 scenes, 3 splits: every split gets one, whatever the hashes say
+        split_of, moved = _spec(group="scene", seed=seed).assign([f"scene_{s}_r0_c0" for s in range(3)])
+        assert sorted(split_of.values()) == ["test", "train", "val"]
+        assert len(moved) <= 2
+
+
+def _via_folder(root: Path, names: list[str]) -> None:
+    _write_via(root, {n: [_region([2, 10, 10, 2], [2, 2, 10, 10])] for n in names})
+
+
+def test_split_folders_list_and_their_errors(tmp_path):
+    for split, names in {"train": ["a.jpg", "b.jpg"], "val": ["c.jpg"], "test": ["d.jpg"]}.items():
+        _via_folder(tmp_path / split, names)
+    card = card_from_dict(_via_card(tmp_path) | {"splits": {"folders": {"train": "train", "val": "val",
+                                                                          "test": "test"}}})
+    assert [build_dataset(card, s).ids for s in ("train", "val", "test")] == [["a", "b"], ["c"], ["d"]]
+    assert build_dataset(card, "test")[0]["instances"]["masks"].shape == (1, 32, 32)
+    # a MAPLE-style card: root chips grouped into train/val, the test split from its own folder (one override)
+    _via_folder(tmp_path / "pool", ["e.jpg", "f.jpg", "g.jpg"])
+    mixed = card_from_dict(_via_card(tmp_path / "pool") | {"splits": {
+        "fractions": {"train": 0.6, "val": 0.2, "test": 0.2}, "folders": {"test": str(tmp_path / "test")}}})
+    assert build_dataset(mixed, "test").ids == ["d"]
+    assert sorted(build_dataset(mixed, "train").ids + build_dataset(mixed, "val").ids) == ["e", "f", "g"]
+    with pytest.raises(FileNotFoundError, match=r"split folder for 'test' not found: .*nowhere"):
+        card_from_dict(_via_card(tmp_path) | {"splits": {"folders": {"test": "nowhere"}}})
+    _via_folder(tmp_path / "val2", ["a.jpg"])
+    twice = card_from_dict(_via_card(tmp_path) | {"splits": {"folders": {"train": "train", "val": "val2"}}})
+    with pytest.raises(ValueError, match=r"chip id\(s\) \['a'\] of folder .*val2 are already in another split"):
+        build_dataset(twice, "train")
+    (tmp_path / "pool" / "splits.csv").write_text("id,split\ne,train\nf,val\ng,test\ne,test\n")
+    listed = card_from_dict(_via_card(tmp_path / "pool") | {"splits": {"list": "splits.csv"}})
+    with pytest.raises(ValueError, match=r"splits.csv: chip 'e' is listed in two splits"):
+        build_dataset(listed, "train")
+    (tmp_path / "pool" / "splits.csv").write_text("id,split\ne,train\nf,val\ng,test\n")
+    assert build_dataset(listed, "test").ids == ["g"]
 
 
 def _geotiff(path: Path, data: np.ndarray, nodata=None, crs="EPSG:3413") -> None:
@@ -188,8 +254,9 @@ def test_synthetic_task_chips_are_binary_pairs(tmp_path):
 @pytest.mark.skipif(not (MAPLE_DIR / "labelled").is_dir(), reason="real MAPLE chips (../shared) not available")
 def test_real_maple_chips_load_with_both_classes():
     card = load_card("evaluation/datasets/cards/maple_iwp.yaml")
-    train, val = build_dataset(card, "train"), build_dataset(card, "val")
-    assert (len(train), len(val)) == (47, 20) and not set(train.ids) & set(val.ids)
+    train, val, test = (build_dataset(card, s) for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (37, 15, 15) and not set(train.ids) & (set(val.ids) | set(test.ids))
+    assert not {train.group_of[i] for i in train.ids} & {test.group_of[i] for i in test.ids}  # group-held-out
     sample = val[0]
     assert sample["image"].shape == (3, 656, 656)
     assert len(sample["instances"]["labels"]) > 0
