@@ -24,6 +24,15 @@ CLASSES = ("background", "iwp")
 TILE = 64
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small models on a shared 2-core machine run several times faster on one thread (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _card() -> DatasetCard:
     return DatasetCard(name="t", format="raster_pairs", root=Path("."), classes=CLASSES, bands=BANDS, bit_depth=11)
 

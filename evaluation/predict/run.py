@@ -35,7 +35,8 @@ import torch
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from tqdm import tqdm
 
-from evaluation.artefact import Predictor, load_finetuned
+from arctic_vit.corpus import CorpusContract
+from evaluation.artefact import Predictor, load_finetuned, read_predictor_json
 from evaluation.devices import Precision, resolve_device
 from evaluation.overlap import TileInstance, merge_instances
 from evaluation.predict import scenes as scn
@@ -270,22 +271,24 @@ def predict(cfg: PredictConfig) -> dict:
     start = time.perf_counter()
     cfg = dataclasses.replace(cfg, model=Path(cfg.model), input=Path(cfg.input), out=Path(cfg.out),
                               labels=Path(cfg.labels) if cfg.labels else None)
-    device = resolve_device(cfg.device)  # validated before any work
-    predictor = load_finetuned(cfg.model, "cpu")
-    identity = cfg.identity(predictor.sha256, predictor.tile_size)
-    if identity["overlap"] >= predictor.tile_size or identity["overlap"] < 0:
-        raise ValueError(f"--overlap {identity['overlap']} must be in 0..{predictor.tile_size - 1}")
+    device = resolve_device(cfg.device)  # everything is validated before the weights are read
+    meta = read_predictor_json(cfg.model)
+    corpus = CorpusContract.from_dict(meta["corpus"], f"{cfg.model / 'predictor.json'} [corpus]")
+    tile = int(meta["tile_size"])
+    identity = cfg.identity(meta["sha256"], tile)
+    if not 0 <= identity["overlap"] < tile:
+        raise ValueError(f"--overlap {identity['overlap']} must be in 0..{tile - 1} (tile size {tile})")
     scenes, failed = [], []
     for scene in scn.discover(cfg.input):
         try:
-            scenes.append(scn.inspect(scene, predictor.corpus.bands, predictor.corpus.bit_depth,
-                                      cfg.allow_ungeoreferenced, cfg.bands))
+            scenes.append(scn.inspect(scene, corpus.bands, corpus.bit_depth, cfg.allow_ungeoreferenced, cfg.bands))
         except RasterioError as err:  # unreadable header: recorded, the others run
             failed.append({"scene_id": scene.scene_id, "path": str(scene.path), "status": "failed",
                            "reason": f"{type(err).__name__}: {err}"})
     for scene in scenes:
         for message in scene.warnings:
             log.warning("!!! %s: %s", scene.scene_id, message)
+    predictor = load_finetuned(cfg.model, "cpu")  # sha256-verified
     _claim(cfg.out, identity, cfg.overwrite)
     if device.type == "cpu" and cfg.scheduler in ("synchronous", "sync", "none"):
         _PREDICTORS[(str(cfg.model), "cpu")] = predictor

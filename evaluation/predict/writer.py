@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.shutil
+from affine import Affine
 from rasterio.features import shapes
 from rasterio.windows import Window
 from scipy import ndimage
@@ -117,7 +118,7 @@ def to_cog(partial: Path, final: Path, resampling: str) -> None:
 def _block_polygons(classes: np.ndarray, probs: np.ndarray, transform, row0: int, first: bool, last: bool):
     """Regions of one block of rows -> [(class, geometry dict, sum of prob, pixels, open_top, open_bottom)]."""
     out = []
-    block_transform = transform * transform.translation(0, row0)
+    block_transform = transform @ Affine.translation(0, row0)
     for k in range(1, probs.shape[0]):
         labels, n = ndimage.label(classes == k)  # 4-connectivity, as shapes() below
         if n == 0:
@@ -189,7 +190,7 @@ def instance_polygons(instances: list[TileInstance], transform) -> list[dict]:
 
     out = []
     for inst in instances:
-        t = transform * transform.translation(inst.col, inst.row)
+        t = transform @ Affine.translation(inst.col, inst.row)
         parts = [shape(g) for g, v in shapes(inst.mask.astype(np.uint8), mask=inst.mask, transform=t) if v]
         if parts:
             out.append({"class_id": inst.label, "score": inst.score, "pixels": int(inst.mask.sum()),

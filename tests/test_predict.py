@@ -1,0 +1,343 @@
+"""evaluation.predict: whole-scene mapping of synthetic 11-bit GeoTIFF scenes with a tiny random-init model folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from scipy import ndimage
+
+from arctic_vit.corpus import CorpusContract
+from evaluation.artefact import Predictor, save_finetuned
+from evaluation.overlap import tile_origins
+from evaluation.predict import PredictConfig, predict
+from evaluation.predict.__main__ import main
+from evaluation.predict.stream import stream_semantic
+from evaluation.predict.writer import NODATA_CLASS, semantic_polygons
+from tests.test_artefact import CLASSES, tiny_model
+
+BGRN = ("blue", "green", "red", "nir")
+EIGHT = ("coastal", "blue", "green", "yellow", "red", "rededge", "nir", "nir2")
+TILE = 64
+GSD = 0.5
+
+
+def write_scene(path: Path, height: int, width: int, bands=BGRN, collar: int = 0, seed: int = 0, crs="EPSG:32606",
+                describe: bool = True, dtype: str = "uint16") -> Path:
+    """A seeded 11-bit scene: smooth blobs over noise, a nodata (0) collar of ``collar`` px on the left."""
+    rng = np.random.default_rng(seed)
+    base = ndimage.gaussian_filter(rng.normal(size=(height, width)), 6)
+    base = (base - base.min()) / (np.ptp(base) + 1e-9)
+    data = np.stack([200 + 1500 * base * (0.5 + 0.5 * i / len(bands)) + rng.integers(0, 100, (height, width))
+                     for i in range(len(bands))]).astype(np.uint16)
+    data[:, :, :collar] = 0
+    profile = dict(driver="GTiff", width=width, height=height, count=len(bands), dtype=dtype, nodata=0,
+                   transform=from_origin(500000, 7800000, GSD, GSD), crs=crs, tiled=True, blockxsize=64,
+                   blockysize=64)
+    if dtype == "uint16":
+        profile["NBITS"] = 11
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if describe:
+            for i, b in enumerate(bands):
+                dst.set_band_description(i + 1, b)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small models on a shared 2-core machine run several times faster on one thread (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("model")
+    model, corpus, b, kwargs = tiny_model("semantic")
+    save_finetuned(folder, model, task="semantic", classes=CLASSES, corpus=corpus, tile_size=TILE,
+                   normalization=b.normalization, encoder_provenance=b.describe(), build_kwargs=kwargs)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("scenes")
+    write_scene(folder / "s4.tif", 200, 230, collar=70, seed=1)  # collar wider than a tile: skipped windows
+    write_scene(folder / "s8.tif", 130, 150, bands=EIGHT, seed=2)  # 8 bands: the model's four are fed
+    imd = write_scene(folder / "simd.tif", 90, 100, describe=False, seed=3)  # band names from the .IMD sidecar
+    imd.with_suffix(".IMD").write_text(
+        'satId = "WV02";\nfirstLineTime = 2021-07-14T21:03:04.5Z;\n'
+        + "".join(f"BEGIN_GROUP = BAND_{g}\nEND_GROUP = BAND_{g}\n" for g in ("B", "G", "R", "N"))
+    )
+    return folder
+
+
+def _cfg(model_dir, input_path, out, **kw) -> PredictConfig:
+    return PredictConfig(model=model_dir, input=input_path, out=out, device="cpu", progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def mapped(model_dir, scenes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("maps")
+    return predict(_cfg(model_dir, scenes, out, checkpoint_seconds=0)), out
+
+
+class ConvSegmenter(torch.nn.Module):
+    """Translation-equivariant stand-in for a segmentation model: DN / 2047 -> 5x5 conv -> K logits."""
+
+    def __init__(self, bands: int = 4, classes: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(bands, classes, 5, padding=2)
+        self.conv.weight.data *= 5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x / 2047.0)
+
+
+def test_seam_streamed_scene_equals_whole_image_inference(tmp_path):
+    path = write_scene(tmp_path / "seam.tif", 333, 301, seed=5)
+    model = ConvSegmenter().eval()
+    with rasterio.open(path) as src:
+        strips = list(stream_semantic(src, (1, 2, 3, 4), model, 3, TILE, overlap=32, batch_size=5))
+        whole_input = torch.from_numpy(src.read().astype(np.float32))[None]
+    streamed = np.concatenate([s.probs for s in strips], axis=1)
+    assert [s.row0 for s in strips[1:]] == [s.row1 for s in strips[:-1]] and strips[-1].row1 == 333
+    with torch.no_grad():
+        whole = torch.softmax(model(whole_input), 1)[0].numpy()
+    assert streamed.shape == whole.shape
+    assert np.abs(streamed - whole).max() < 1e-5
+
+
+def test_map_outputs(mapped, scenes):
+    summary, out = mapped
+    totals = summary["totals"]
+    assert (totals["scenes"], totals["done"], totals["failed"]) == (3, 3, 0)
+    records = {r["scene_id"]: r for r in summary["scenes"]}
+    assert records["s8"]["bands_used"] == list(BGRN)
+    assert records["simd"]["acquired"] == "2021-07-14T21:03:04.500000Z"
+    # windows: every tile of the grid is either run or skipped as nodata (all of its pixels in the collar)
+    grid = tile_origins(200, 230, TILE, TILE // 4)
+    in_collar = sum(c + TILE <= 70 for _, c in grid)
+    assert records["s4"]["windows_skipped_nodata"] == in_collar > 0
+    assert records["s4"]["windows_run"] == len(grid) - in_collar
+    assert records["s4"]["km2_mapped"] == pytest.approx(200 * (230 - 70) * GSD**2 / 1e6)
+    with rasterio.open(scenes / "s4.tif") as src, rasterio.open(out / "s4" / "class.tif") as cls, \
+            rasterio.open(out / "s4" / "prob.tif") as prob:
+        assert cls.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert cls.crs == src.crs and cls.transform == src.transform and prob.count == len(CLASSES)
+        classes, probs = cls.read(1), prob.read().astype(int)
+    assert (classes[:, :70] == NODATA_CLASS).all() and (classes[:, 70:] < len(CLASSES)).all()
+    assert (probs[:, :, :70] == 0).all()
+    assert np.abs(probs[:, :, 70:].sum(0) - 255).max() <= len(CLASSES)  # rounded probabilities sum to 1
+    clear = np.abs(probs[1] - probs[0]) >= 2  # not a rounding tie: the class is the most probable one
+    np.testing.assert_array_equal(classes[clear], probs.argmax(0)[clear])
+
+
+def test_polygons_match_the_class_raster(mapped):
+    import geopandas as gpd
+
+    summary, out = mapped
+    gpkg = gpd.read_file(out / "s4" / "polygons.gpkg")
+    parquet = gpd.read_parquet(out / "s4" / "polygons.parquet")
+    assert list(gpkg.columns) == ["scene_id", "class_id", "class", "score", "area_m2", "acquired", "geometry"]
+    assert gpkg.crs.to_epsg() == 3413 and parquet.crs.to_epsg() == 3413
+    assert len(gpkg) == len(parquet) == summary["scenes"][0]["objects_per_class"]["iwp"]
+    with rasterio.open(out / "s4" / "class.tif") as cls:
+        classes = cls.read(1)
+    _, regions = ndimage.label(classes == 1)
+    assert len(gpkg) == regions  # one polygon per connected region
+    assert gpkg["area_m2"].sum() == pytest.approx((classes == 1).sum() * GSD**2)  # area in the scene's UTM metres
+    assert set(gpkg["scene_id"]) == {"s4"} and (gpkg["score"] > 0.5).all()
+
+
+def test_polygons_rejoin_across_row_blocks(tmp_path):
+    """Vectorising in blocks of 7 rows gives the same regions as in one block."""
+    rng = np.random.default_rng(0)
+    classes = (ndimage.gaussian_filter(rng.normal(size=(61, 53)), 2) > 0).astype(np.uint8)
+    classes[ndimage.gaussian_filter(rng.normal(size=(61, 53)), 2) > 0.15] = 2
+    probs = rng.integers(0, 256, (3, 61, 53)).astype(np.uint8)
+    profile = dict(driver="GTiff", width=53, height=61, transform=from_origin(0, 61, 1, 1), crs="EPSG:32606")
+    with rasterio.open(tmp_path / "c.tif", "w", count=1, dtype="uint8", **profile) as dst:
+        dst.write(classes[None])
+    with rasterio.open(tmp_path / "p.tif", "w", count=3, dtype="uint8", **profile) as dst:
+        dst.write(probs)
+    one = semantic_polygons(tmp_path / "c.tif", tmp_path / "p.tif", block_rows=1000)
+    blocks = semantic_polygons(tmp_path / "c.tif", tmp_path / "p.tif", block_rows=7)
+
+    def key(records):
+        return sorted((r["class_id"], round(r["geometry"].area, 6), round(r["score"], 9), r["pixels"])
+                      for r in records)
+
+    assert key(one) == key(blocks)
+    assert len(one) == sum(ndimage.label(classes == k)[1] for k in (1, 2))
+
+
+def test_resume_after_interruption_gives_identical_outputs(model_dir, scenes, mapped, tmp_path, monkeypatch):
+    import geopandas as gpd
+
+    import evaluation.predict.stream as stream
+
+    single = tmp_path / "in"
+    single.mkdir()
+    shutil.copy(scenes / "s4.tif", single / "s4.tif")
+    out = tmp_path / "out"
+    calls = {"n": 0}
+    real = stream.fill_invalid
+
+    def dying(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # a kill in the middle of a strip, after a few checkpoints
+        return real(*args)
+
+    monkeypatch.setattr(stream, "fill_invalid", dying)
+    with pytest.raises(KeyboardInterrupt):
+        predict(_cfg(model_dir, single, out, checkpoint_seconds=0))
+    assert (out / "s4" / ".partial" / "progress.json").is_file() and not (out / "s4" / "scene.json").exists()
+    monkeypatch.setattr(stream, "fill_invalid", real)
+    summary = predict(_cfg(model_dir, single, out, checkpoint_seconds=0))
+    record = summary["scenes"][0]
+    assert record["resumed_from_row_index"] > 0 and not (out / "s4" / ".partial").exists()
+    reference = mapped[1] / "s4"
+    assert record["windows_run"] == mapped[0]["scenes"][0]["windows_run"]
+    for name in ("class.tif", "prob.tif"):
+        with rasterio.open(out / "s4" / name) as a, rasterio.open(reference / name) as b:
+            np.testing.assert_array_equal(a.read(), b.read())
+    a, b = gpd.read_parquet(out / "s4" / "polygons.parquet"), gpd.read_parquet(reference / "polygons.parquet")
+    assert len(a) == len(b) and a.geometry.geom_equals(b.geometry).all() and (a["score"] == b["score"]).all()
+    again = predict(_cfg(model_dir, single, out))  # finished scenes are not redone
+    assert again["scenes"][0]["this_run"] == "already done"
+
+
+def test_bad_inputs(model_dir, scenes, tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    shutil.copy(scenes / "simd.tif", folder / "good.tif")
+    shutil.copy(scenes / "simd.IMD", folder / "good.IMD")
+    (folder / "corrupt.tif").write_bytes(b"II*\x00" + b"\x00" * 64)
+    clean = write_scene(tmp_path / "t.tif", 128, 128, seed=4)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        rasterio.shutil.copy(clean, folder / "truncated.tif", driver="GTiff", compress="deflate", tiled=True)
+    data = (folder / "truncated.tif").read_bytes()
+    (folder / "truncated.tif").write_bytes(data[: len(data) * 2 // 3])
+    summary = predict(_cfg(model_dir, folder, tmp_path / "out"))
+    status = {r["scene_id"]: r for r in summary["scenes"]}
+    assert status["good"]["status"] == "done"
+    assert status["corrupt"]["status"] == "failed" and "corrupt.tif" in status["corrupt"]["reason"]
+    assert status["truncated"]["status"] == "failed" and status["truncated"]["reason"]
+    assert summary["totals"]["failed"] == 2
+
+    rgb = write_scene(tmp_path / "n.tif", 80, 80, bands=("nir", "green", "red"))
+    with pytest.raises(ValueError, match=r"needs bands \['blue', 'green', 'red', 'nir'\] but the scene has "
+                                         r"\['nir', 'green', 'red'\]"):
+        predict(_cfg(model_dir, rgb, tmp_path / "o2"))
+    nocrs = write_scene(tmp_path / "nocrs.tif", 80, 80, crs=None)
+    with pytest.raises(ValueError, match=r"no CRS.*--allow-ungeoreferenced"):
+        predict(_cfg(model_dir, nocrs, tmp_path / "o3"))
+    summary = predict(_cfg(model_dir, nocrs, tmp_path / "o3", allow_ungeoreferenced=True))
+    assert summary["totals"]["done"] == 1 and np.isnan(summary["scenes"][0]["km2_mapped"])
+    eight_bit = write_scene(tmp_path / "u8.tif", 80, 80, dtype="uint8")
+    with pytest.raises(ValueError, match="8-bit digital numbers but the model expects 11-bit"):
+        predict(_cfg(model_dir, eight_bit, tmp_path / "o4"))
+    unnamed = write_scene(tmp_path / "unnamed.tif", 80, 80, describe=False)
+    with pytest.raises(ValueError, match="no band names for its 4 bands"):
+        predict(_cfg(model_dir, unnamed, tmp_path / "o5"))
+    assert predict(_cfg(model_dir, unnamed, tmp_path / "o5", bands=BGRN))["totals"]["done"] == 1
+
+
+def test_output_folder_of_another_model_is_refused(model_dir, scenes, tmp_path):
+    other = tmp_path / "other_model"
+    model, corpus, b, kwargs = tiny_model("semantic", seed=1)
+    save_finetuned(other, model, task="semantic", classes=CLASSES, corpus=corpus, tile_size=TILE,
+                   normalization=b.normalization, encoder_provenance=b.describe(), build_kwargs=kwargs)
+    scene = scenes / "simd.tif"
+    out = tmp_path / "out"
+    predict(_cfg(model_dir, scene, out))
+    with pytest.raises(ValueError, match=r"holds a run of another model or settings .*--overwrite"):
+        predict(_cfg(other, scene, out))
+    summary = predict(_cfg(other, scene, out, overwrite=True))
+    assert summary["scenes"][0]["this_run"] == "mapped"
+
+
+def test_cli_and_scoring_against_labels(model_dir, scenes, mapped, tmp_path, capsys):
+    """The map scored against itself as labels: every F1 is exactly 1 (scores run end to end)."""
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    with rasterio.open(mapped[1] / "s8" / "class.tif") as src:
+        profile = src.profile | {"driver": "GTiff"}
+        classes = src.read()
+    with rasterio.open(labels / "s8.tif", "w", **profile) as dst:
+        dst.write(classes)
+    code = main(["--model", str(model_dir), "--input", str(scenes / "s8.tif"), "--out", str(tmp_path / "o"),
+                 "--device", "cpu", "--labels", str(labels), "--no-progress", "--target-crs", "scene"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["done"] == 1
+    record = json.loads((tmp_path / "o" / "s8" / "scene.json").read_text())
+    scores = record["scores"]
+    assert scores["pixel_f1"] == scores["object_f1"] == scores["detection_f1"] == scores["delineation_f1"] == 1.0
+    assert main(["--model", str(tmp_path), "--input", str(scenes), "--out", str(tmp_path / "x"), "--no-progress"]) \
+        == 2
+    assert "predictor.json: not found" in capsys.readouterr().err
+
+
+def test_score_maps_hand_computed():
+    from evaluation.predict.score import regions, score_maps
+
+    target = np.zeros((20, 20), dtype=np.uint8)
+    target[2:6, 2:6] = 1  # object A: 16 px
+    target[10:14, 10:14] = 1  # object B: 16 px
+    pred = np.zeros_like(target)
+    pred[2:6, 2:5] = 1  # 12 px inside A: IoU 0.75 -> object TP
+    pred[16:18, 16:18] = 1  # 4 px false positive
+    scores = score_maps(pred, target, 2, ("background", "x"), regions(pred, 2))
+    assert scores["object_counts"] == [[1, 1, 1]] and scores["object_f1"] == pytest.approx(0.5)
+    assert scores["pixel_counts"] == [[12, 4, 20]] and scores["pixel_f1"] == pytest.approx(24 / 48)
+    assert scores["delineation_counts"] == [[12, 0, 4]]
+
+
+def test_instance_model_maps_merged_instances(tmp_path):
+    folder = tmp_path / "inst"
+    model, corpus, b, kwargs = tiny_model("instance")
+    save_finetuned(folder, model, task="instance", classes=CLASSES, corpus=corpus, tile_size=TILE,
+                   normalization=b.normalization, encoder_provenance=b.describe(), build_kwargs=kwargs)
+    scene = write_scene(tmp_path / "i.tif", 110, 120, collar=10, seed=7)
+    summary = predict(_cfg(folder, scene, tmp_path / "out", score_threshold=0.0))
+    record = summary["scenes"][0]
+    assert record["status"] == "done", record
+    import geopandas as gpd
+
+    polygons = gpd.read_parquet(tmp_path / "out" / "i" / "polygons.parquet")
+    assert len(polygons) == record["objects_per_class"]["iwp"]
+    with rasterio.open(tmp_path / "out" / "i" / "class.tif") as src:
+        classes = src.read(1)
+    assert (classes[:, :10] == NODATA_CLASS).all()
+    assert ((classes == 1).sum() > 0) == (len(polygons) > 0)
+
+
+def test_predictor_protocol_accepts_any_semantic_module(tmp_path):
+    """predict_scene works on a Predictor built in memory (what the benchmark's conv stand-in uses)."""
+    from evaluation.predict import predict_scene
+    from evaluation.predict.scenes import Scene, inspect
+
+    corpus = CorpusContract(BGRN, 11, mean=(0.1,) * 4, std=(0.2,) * 4)
+    predictor = Predictor(ConvSegmenter(classes=2).eval(), "semantic", CLASSES, corpus, TILE, "test", {}, "0",
+                          tmp_path)
+    path = write_scene(tmp_path / "c.tif", 100, 90, seed=9)
+    scene = inspect(Scene(path, "c"), BGRN, 11, False)
+    record = predict_scene(scene, predictor, PredictConfig(model=tmp_path, input=path, out=tmp_path / "o",
+                                                           progress=False), torch.device("cpu"))
+    with rasterio.open(tmp_path / "o" / "c" / "prob.tif") as src:
+        probs = src.read().astype(np.float32) / 255
+    with rasterio.open(path) as src, torch.no_grad():
+        whole = torch.softmax(ConvSegmenter(classes=2)(torch.from_numpy(src.read().astype(np.float32))[None]), 1)
+    assert np.abs(probs - whole[0].numpy()).max() <= 0.5 / 255 + 1e-6  # uint8 rounding only
+    assert record["status"] == "done"
