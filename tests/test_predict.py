@@ -341,3 +341,14 @@ def test_predictor_protocol_accepts_any_semantic_module(tmp_path):
         whole = torch.softmax(ConvSegmenter(classes=2)(torch.from_numpy(src.read().astype(np.float32))[None]), 1)
     assert np.abs(probs - whole[0].numpy()).max() <= 0.5 / 255 + 1e-6  # uint8 rounding only
     assert record["status"] == "done"
+
+
+@pytest.mark.slow
+def test_dask_scheduler_one_task_per_scene_same_outputs(model_dir, scenes, mapped, tmp_path):
+    """--scheduler local: the scenes run as Dask tasks on worker processes and give the same maps."""
+    summary = predict(_cfg(model_dir, scenes, tmp_path / "dask", scheduler="local", n_workers=2, threads=1))
+    assert summary["totals"]["done"] == 3
+    for scene_id in ("s4", "s8", "simd"):
+        with rasterio.open(tmp_path / "dask" / scene_id / "prob.tif") as a, \
+                rasterio.open(mapped[1] / scene_id / "prob.tif") as b:
+            np.testing.assert_array_equal(a.read(), b.read())
