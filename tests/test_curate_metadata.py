@@ -45,7 +45,8 @@ def test_garbled_and_missing_metadata_are_recorded(tmp_path):
     meta = read_acquisition(scene)
     assert meta.sensor == "WV02" and math.isnan(meta.sun_elevation)
     assert {"imd_unparsable:sun_elevation", "imd_unparsable:acquired"} <= set(meta.issues)
-    assert meta.cloud_cover == pytest.approx(0.35), "percent cloud cover is read as a fraction"
+    # IMD cloudCover is documented as a fraction 0-1: 35 is out of range, recorded, never rescaled by a guess
+    assert math.isnan(meta.cloud_cover) and "imd_out_of_range:cloud_cover" in meta.issues
     scene.with_suffix(".XML").write_text("<isd><IMD><IMAGE><MEANSUNEL>33.5</MEANSUNEL>")  # truncated XML
     meta = read_acquisition(scene)
     assert any(issue.startswith("xml_unreadable") for issue in meta.issues)
@@ -64,3 +65,28 @@ def test_catalog_fills_missing_fields(tmp_path):
     with pytest.raises(ValueError, match="scene_id"):
         pd.DataFrame({"name": ["x"]}).to_csv(tmp_path / "bad.csv")
         load_catalog(tmp_path / "bad.csv")
+
+
+def test_cloud_cover_unit_follows_the_field_not_the_value(tmp_path):
+    scene = tmp_path / "x.tif"
+    scene.with_suffix(".IMD").write_text('satId = "WV02";\ncloudCover = 0.5;\n')
+    assert read_acquisition(scene).cloud_cover == 0.5, "an IMD fraction stays a fraction"
+    scene.with_suffix(".IMD").unlink()
+    # a percent column below 1 (0.8 %) is still percent: 0.008, not 0.8
+    assert read_acquisition(scene, {"cloud_cover_pct": 0.8}).cloud_cover == pytest.approx(0.008)
+    assert read_acquisition(scene, {"eo:cloud_cover": 35}).cloud_cover == pytest.approx(0.35)
+    assert read_acquisition(scene, {"cloud_cover": 0.8}).cloud_cover == pytest.approx(0.8)
+    meta = read_acquisition(scene, {"cloud_cover": 35})
+    assert math.isnan(meta.cloud_cover) and "catalog_out_of_range:cloud_cover" in meta.issues
+
+
+def test_maxar_tiled_delivery_shares_one_imd(tmp_path):
+    product = "17JUL01205545-M1BS-058186584010_01_P001"
+    (tmp_path / f"{product}.IMD").write_text('satId = "WV03";\nmeanSunEl = 41.5;\ncloudCover = 0.02;\n')
+    for tile in ("R1C1", "R2C3"):
+        meta = read_acquisition(tmp_path / f"{product}_{tile}.TIF")
+        assert meta.sensor == "WV03" and meta.sun_elevation == 41.5 and meta.cloud_cover == 0.02
+        assert "no_metadata" not in meta.issues
+    own = tmp_path / f"{product}_R1C1.IMD"  # a tile's own sidecar wins over the product's
+    own.write_text('satId = "GE01";\n')
+    assert read_acquisition(tmp_path / f"{product}_R1C1.TIF").sensor == "GE01"

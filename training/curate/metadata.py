@@ -39,6 +39,11 @@ _CATALOG_KEYS = {
     "off_nadir": "off_nadir", "mean_off_nadir": "off_nadir",
     "cloud_cover": "cloud_cover", "gsd_m": "gsd_m", "gsd": "gsd_m", "lat": "lat", "lon": "lon",
 }
+# Cloud cover by each field's documented unit, never guessed from the value: Maxar IMD/XML ``cloudCover`` and our
+# catalog column ``cloud_cover`` are fractions 0-1; these catalog columns are percent 0-100 (STAC ``eo:cloud_cover``).
+PERCENT_CATALOG_KEYS = ("cloud_cover_pct", "cloud_cover_percent", "eo:cloud_cover")
+# Maxar tiled deliveries: ``<product>_R1C1.TIF``, ``<product>_R1C2.TIF`` ... share ``<product>.IMD`` / ``.XML``
+_TILE_SUFFIX = re.compile(r"^(?P<product>.+)_R\d+C\d+$", re.IGNORECASE)
 _IMD_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*;?\s*$")
 
 
@@ -62,8 +67,14 @@ class AcquisitionMeta:
                 continue
             try:
                 setattr(self, name, _parse_field(name, raw))
+            except OutOfRange:
+                self.issues.append(f"{source}_out_of_range:{name}")
             except (TypeError, ValueError):
                 self.issues.append(f"{source}_unparsable:{name}")
+
+
+class OutOfRange(ValueError):
+    """A value that parses but lies outside its field's documented range (e.g. a cloud-cover fraction of 35)."""
 
 
 def _is_set(value: object) -> bool:
@@ -86,8 +97,8 @@ def _parse_field(name: str, raw: object) -> object:
     value = float(text)
     if not math.isfinite(value):
         raise ValueError(text)
-    if name == "cloud_cover" and value > 1.0:  # some products give percent
-        value /= 100.0
+    if name == "cloud_cover" and not 0.0 <= value <= 1.0:  # a fraction by the field's documented unit
+        raise OutOfRange(text)
     return value
 
 
@@ -116,11 +127,32 @@ def parse_xml(path: Path) -> dict[str, str]:
 
 
 def _sidecar(path: Path, suffixes: tuple[str, ...]) -> Path | None:
-    for suffix in suffixes:
-        candidate = path.with_suffix(suffix)
-        if candidate.is_file():
-            return candidate
+    """The scene's own sidecar, else (a tile ``<product>_R<r>C<c>``) the product's shared one."""
+    stems = [path.stem]
+    tile = _TILE_SUFFIX.match(path.stem)
+    if tile:
+        stems.append(tile.group("product"))
+    for stem in stems:
+        for suffix in suffixes:
+            candidate = path.with_name(stem + suffix)
+            if candidate.is_file():
+                return candidate
     return None
+
+
+def _catalog_values(row: dict[str, object]) -> dict[str, object]:
+    """Catalog row -> {our field: value}; percent columns become fractions (by their documented unit)."""
+    out: dict[str, object] = {}
+    for key, value in row.items():
+        lower = str(key).lower()
+        if lower in PERCENT_CATALOG_KEYS:
+            try:
+                out["cloud_cover"] = float(value) / 100.0
+            except (TypeError, ValueError):
+                out["cloud_cover"] = value  # recorded as unparsable by fill_from
+        elif lower in _CATALOG_KEYS:
+            out[_CATALOG_KEYS[lower]] = value
+    return out
 
 
 def read_acquisition(path: Path, catalog_row: dict[str, object] | None = None) -> AcquisitionMeta:
@@ -142,8 +174,7 @@ def read_acquisition(path: Path, catalog_row: dict[str, object] | None = None) -
         except (OSError, ET.ParseError) as err:
             meta.issues.append(f"xml_unreadable:{type(err).__name__}")
     if catalog_row:
-        mapped = {_CATALOG_KEYS[k.lower()]: v for k, v in catalog_row.items() if k.lower() in _CATALOG_KEYS}
-        meta.fill_from(mapped, "catalog")
+        meta.fill_from(_catalog_values(catalog_row), "catalog")
     if imd is None and xml is None and not catalog_row:
         meta.issues.append("no_metadata")
     else:
