@@ -56,7 +56,7 @@ def run_cli(args: list[str], launcher: list[str] | None = None) -> subprocess.Co
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
 
 
-def assert_same_training_state(a: Path, b: Path) -> None:
+def assert_same_training_state(a: Path, b: Path, global_rng: bool = True) -> None:
     first, second = load_checkpoint(a), load_checkpoint(b)
     assert first["step"] == second["step"]
     for key, tensor in first["model"].items():
@@ -65,7 +65,9 @@ def assert_same_training_state(a: Path, b: Path) -> None:
         for name, value in state.items():
             assert torch.equal(value, second["optimizer"]["state"][param_id][name]), (param_id, name)
     assert first["scheduler"] == second["scheduler"]
-    assert torch.equal(first["rng"][0]["torch"], second["rng"][0]["torch"])
+    assert torch.equal(first["rng"][0]["generators"]["mask"], second["rng"][0]["generators"]["mask"])
+    if global_rng:
+        assert torch.equal(first["rng"][0]["torch"], second["rng"][0]["torch"])
 
 
 def test_run_writes_logs_png_and_safe_checkpoints(shards, tmp_path):
@@ -205,3 +207,161 @@ def test_reconstruction_png_baseline_is_what_needs_no_learning(norm_pix_loss, tm
         assert errors["vis_mse_ratio"] == pytest.approx(1.0)
     else:
         assert errors["vis_mse_ratio"] > 1.0
+
+
+# --- one loss normalisation, RNG isolation, robust resume -------------------------------------------------------------
+
+def _mixed_nodata_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """4 images of 32 px (4 patches): two without nodata, one with two half-valid patches, one all nodata."""
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    valid = torch.ones(4, 32, 32, dtype=torch.bool)
+    valid[2, :, :8] = False
+    valid[3] = False
+    return images, valid
+
+
+def _tiny_model():
+    from training.mae import build_mae
+
+    torch.manual_seed(0)
+    return build_mae({"encoder": "arctic_mae_vit_tiny_patch16_224", "decoder_embed_dim": 32, "decoder_depth": 1,
+                      "decoder_num_heads": 2}, ("nir", "green", "red"), 32)
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _full_batch_reference(seeds: list[int], per_rank: int) -> tuple[dict[str, torch.Tensor], float, float]:
+    """Gradient, loss and patch weight of the whole batch in one forward: each rank's masking noise, concatenated."""
+    images, valid = _mixed_nodata_batch()
+    noise = torch.cat([torch.rand(per_rank, 4, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    model = _tiny_model()
+    loss, _, mask = model(images, valid, noise)
+    loss.backward()
+    fraction = valid.float().view(4, 2, 16, 2, 16).mean((2, 4)).flatten(1)  # (N, L) valid fraction per patch
+    return _grads(model), float(loss.detach()), float((mask * fraction).sum())
+
+
+def test_accumulated_gradient_equals_full_batch_gradient_with_mixed_nodata():
+    from training.pretrain import DistributedContext, accumulate_gradients
+
+    reference, reference_loss, reference_weight = _full_batch_reference([11], per_rank=4)
+    images, valid = _mixed_nodata_batch()
+    micro = iter([(images[:2], valid[:2]), (images[2:], valid[2:])])  # no nodata | half + all nodata
+    model = _tiny_model()
+    total, weight = accumulate_gradients(model, micro, 2, "fp32", DistributedContext(),
+                                         torch.Generator().manual_seed(11))
+    assert float(weight) == reference_weight and float(weight) % 1 == 0.5  # half-valid patches weigh 0.5
+    assert float(total / weight) == pytest.approx(reference_loss, rel=1e-6)
+    for name, grad in _grads(model).items():
+        torch.testing.assert_close(grad, reference[name], rtol=1e-5, atol=1e-7, msg=name)
+    # the former rule (each micro-batch normalised alone, then averaged) weights the nodata-heavy half up
+    old = _tiny_model()
+    noise = torch.rand(4, 4, generator=torch.Generator().manual_seed(11))
+    for part in (slice(0, 2), slice(2, 4)):
+        (old(images[part], valid[part], noise[part])[0] / 2).backward()
+    assert not torch.allclose(_grads(old)["decoder_pred.weight"], reference["decoder_pred.weight"], rtol=1e-3)
+
+
+def _gloo_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from training.pretrain import DistributedContext, accumulate_gradients, choose_checkpoint
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        ctx = DistributedContext(rank=rank, world_size=world)
+        images, valid = _mixed_nodata_batch()
+        mine = slice(2 * rank, 2 * rank + 2)  # rank 0: no nodata; rank 1: half + all nodata
+        micro = iter([(images[mine][i : i + 1], valid[mine][i : i + 1]) for i in range(2)])  # 2 micro-batches of 1
+        model = DistributedDataParallel(_tiny_model())
+        total, weight = accumulate_gradients(model, micro, 2, "fp32", ctx, torch.Generator().manual_seed(20 + rank))
+        # rank 0 picks the checkpoint, every rank resumes from it, whatever its own config says
+        ckpts = Path(out).parent / "ckpts"
+        chosen = choose_checkpoint({"resume": True if rank == 0 else str(ckpts / "other.pt")}, ckpts, ctx)
+        if rank == 0:
+            torch.save({"grads": _grads(model.module), "loss": float(total / weight), "chosen": str(chosen)}, out)
+        else:
+            dist.barrier()
+            return
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # ~25 s: two spawned processes import torch and timm
+def test_two_gloo_ranks_give_the_full_batch_gradient_and_one_checkpoint_choice(tmp_path):
+    import torch.multiprocessing as mp
+
+    from training.checkpoint import save_checkpoint
+
+    for step in (1, 2):
+        save_checkpoint({"step": step}, tmp_path / "ckpts", step)
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_gloo_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    result = torch.load(out, weights_only=True)
+    reference, reference_loss, _ = _full_batch_reference([20, 21], per_rank=2)
+    assert result["loss"] == pytest.approx(reference_loss, rel=1e-6)
+    for name, grad in result["grads"].items():
+        torch.testing.assert_close(grad, reference[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert result["chosen"] == str(tmp_path / "ckpts" / "checkpoint-00000002.pt")
+
+
+def _tiny_cfg(shards: Path, out: Path, **extra):
+    return load_config(CONFIGS / "pretrain_demo.yaml", overrides=tiny_overrides(shards, out, **{
+        "optim.epochs": 1, "run.vis_every": 0, "run.log_every": 1, **extra}))
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
+
+
+def test_reconstruction_pngs_do_not_move_training_rng(shards, tmp_path, monkeypatch):
+    import training.pretrain as engine
+
+    quiet = pretrain(_tiny_cfg(shards, tmp_path / "quiet"))
+    png = engine.save_reconstruction_png
+
+    def png_using_global_rng(*args, **kwargs):  # logging that draws from the global RNGs must not change training
+        torch.rand(1000)
+        return png(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "save_reconstruction_png", png_using_global_rng)
+    logged = pretrain(_tiny_cfg(shards, tmp_path / "logged", **{"run.vis_every": 1}))
+    assert len(list((tmp_path / "logged" / "vis").glob("*.png"))) == 4
+    assert [m["loss"] for m in _metrics(tmp_path / "quiet")] == [m["loss"] for m in _metrics(tmp_path / "logged")]
+    assert_same_training_state(Path(quiet["checkpoint"]), Path(logged["checkpoint"]), global_rng=False)
+    state = load_checkpoint(logged["checkpoint"])
+    assert set(state["rng"][0]) >= {"torch", "generators"} and "cuda" not in state["rng"][0]  # CPU run: no CUDA
+
+
+def test_resume_refuses_another_batch_corpus_or_model_unless_reshaped(shards, tmp_path):
+    from arctic_vit.corpus import ContractError
+
+    out = tmp_path / "run"
+    pretrain(_tiny_cfg(shards, out, **{"run.max_steps": 3}))  # checkpoint at step 3: 12 samples of epoch 0
+    stale = out / "checkpoints" / ".checkpoint-00000004.pt.tmp-12345"
+    stale.write_bytes(b"half a checkpoint")
+    with pytest.raises(ValueError, match=r"checkpoint-00000003\.pt: written by 1 ranks with effective batch 4, .*"
+                                         r"effective batch 2: .*--allow-reshape"):
+        pretrain(_tiny_cfg(shards, out, **{"optim.accum_iter": 1}))
+    assert not stale.exists()  # a killed write's temp file is cleaned at start
+
+    other = tmp_path / "other_shards"
+    make_chip_folder(tmp_path / "other_chips", count=16, size=40, seed=5)
+    pack(other, chip_dir=tmp_path / "other_chips", bands=["nir", "green", "red"], shard_size=6)
+    with pytest.raises(ContractError, match=r"resuming .*checkpoint-00000003\.pt onto the shards in .*other_shards: "
+                                            r"corpus mean"):
+        pretrain(_tiny_cfg(other, out))
+    with pytest.raises(ValueError, match=r"checkpoint-00000003\.pt: its model \(arctic_mae_vit_tiny_patch16_224\) "
+                                         r"does not fit .*arctic_mae_vit_small"):
+        pretrain(_tiny_cfg(shards, out, **{"model.encoder": "arctic_mae_vit_small_patch16_224"}))
+
+    # reshaped: 12 samples of epoch 0 at effective batch 2 = step 6 of the new 8-step epoch, lr from the new schedule
+    summary = pretrain(_tiny_cfg(shards, out, **{"optim.accum_iter": 1, "run.allow_reshape": True}))
+    assert summary["start_step"] == 6 and summary["step"] == 8 and summary["steps_per_epoch"] == 8
+    first = _metrics(out)[-2]
+    assert first["step"] == 7 and first["lr"] == pytest.approx(1e-3 * 7 / 8)  # warmup: 1 epoch = 8 new steps

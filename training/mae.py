@@ -26,7 +26,12 @@ LOG = logging.getLogger("training.mae")
 
 
 def create_encoder(name: str, bands: Sequence[str], img_size: int, **kwargs) -> nn.Module:
-    """The timm encoder: the core's ``arctic_mae_vit_*`` when ``arctic_vit`` is installed, else stock timm ``vit_*``."""
+    """The timm encoder: the core's ``arctic_mae_vit_*`` when ``arctic_vit`` is installed, else stock timm ``vit_*``.
+
+    Always at a fixed input size (``dynamic_img_size=False``): MAE masks a fixed patch grid. The exported weights are
+    the same either way (the position embedding keeps its grid shape), so the released model may be dynamic.
+    """
+    kwargs.setdefault("dynamic_img_size", False)
     if name.startswith("arctic_"):
         with contextlib.suppress(ImportError):
             import arctic_vit  # noqa: F401  (registers arctic_mae_vit_*)
