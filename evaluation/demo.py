@@ -105,7 +105,25 @@ def random_subset_manifest(manifest: Path, out: Path, seed: int) -> Path:
     return path
 
 
-def pack_and_pretrain(variant: str, manifest: Path, out: Path, size: DemoSize, seed: int) -> dict[str, Any]:
+def pack_contract(manifest: Path, out: Path, synthetic: bool) -> dict[str, Any]:
+    """pack's bands/bit_depth when no ``corpus.json`` lies beside ``manifest``: the curated one's, else the synthetic
+    archive's own constants (``training.synthetic``); {} lets ``pack`` name what is missing."""
+    from arctic_vit.corpus import CorpusContract
+
+    if (manifest.parent / "corpus.json").is_file():
+        return {}
+    if (out / "curate" / "corpus.json").is_file():
+        contract = CorpusContract.read(out / "curate" / "corpus.json")
+        return {"bands": list(contract.bands), "bit_depth": contract.bit_depth, "gsd_m": contract.gsd_m}
+    if synthetic:
+        from training.synthetic import BANDS, BIT_DEPTH, GSD_M
+
+        return {"bands": list(BANDS), "bit_depth": BIT_DEPTH, "gsd_m": GSD_M}
+    return {}
+
+
+def pack_and_pretrain(variant: str, manifest: Path, out: Path, size: DemoSize, seed: int,
+                      synthetic: bool = False) -> dict[str, Any]:
     """Pack a manifest's selected chips, pretrain the tiny MAE on them, export -> {shards, run, export} paths."""
     from training.config import load_config
     from training.export import export_checkpoint
@@ -113,7 +131,7 @@ def pack_and_pretrain(variant: str, manifest: Path, out: Path, size: DemoSize, s
     from training.pretrain import pretrain
 
     shards = out / "shards" / variant
-    index = pack(shards, manifest=manifest, workers=1)
+    index = pack(shards, manifest=manifest, workers=1, **pack_contract(manifest, out, synthetic))
     n_chips = sum(s["count"] for s in index["shards"])
     total_steps = max(1, -(-n_chips // 16)) * size.pretrain_epochs  # demo config: batch 16
     cfg = load_config(REPO_ROOT / "training" / "configs" / "pretrain_demo.yaml", overrides=[
@@ -123,11 +141,11 @@ def pack_and_pretrain(variant: str, manifest: Path, out: Path, size: DemoSize, s
         f"run.vis_every={max(1, total_steps // 2)}", "run.resume=false",
     ])
     summary = pretrain(cfg)
-    export = export_checkpoint(out / "pretrain" / variant, out / "export" / variant, stats=shards / "stats.json",
-                               gsd_m=0.5)
+    export = export_checkpoint(out / "pretrain" / variant, out / "export" / variant)  # carries the corpus contract
     log(f"{variant}: {n_chips} chips packed, MAE {summary['step']} steps, last loss {summary['loss']:.4f}; "
         f"exported to {export}")
-    return {"shards": shards, "run": out / "pretrain" / variant, "export": export, "summary": summary}
+    return {"shards": shards, "run": out / "pretrain" / variant, "export": export, "summary": summary,
+            "chips": n_chips}
 
 
 def reload_check(export: Path) -> dict[str, Any]:
@@ -242,7 +260,7 @@ def write_report(out: Path, facts: dict[str, Any]) -> Path:
               "curate/             manifest.parquet, descriptors.parquet, report/ (summary.json, figures)",
               "random_subset/      the baseline manifest: same number of chips, drawn uniformly",
               "tasks/              labelled stand-ins for the evaluation (a separate seeded archive, cut per task)",
-              "shards/<variant>/   packed chips + stats.json (per-band mean/std)",
+              "shards/<variant>/   packed chips + corpus.json (bands, bit depth, per-band mean/std)",
               "pretrain/<variant>/ checkpoints/, metrics JSONL, TensorBoard events, vis/ reconstructions",
               "export/<variant>/   hub folders: model.safetensors, config.json, README.md (model card)",
               "evaluation/<recipe>/<variant>/seed<N>/  finetuning runs; evaluation/<recipe>/compare/ tables, plots",
@@ -284,8 +302,9 @@ def run_demo(out: Path, size_name: str = "default", seed: int = 0, archive: Path
 
     manifest = curate(source, out, size, seed, chip_px)
     baseline = random_subset_manifest(manifest, out / "random_subset", seed)
-    trained = {"mae_curated": pack_and_pretrain("mae_curated", manifest, out, size, seed),
-               "mae_random_subset": pack_and_pretrain("mae_random_subset", baseline, out, size, seed)}
+    synthetic = not real and archive is None
+    trained = {"mae_curated": pack_and_pretrain("mae_curated", manifest, out, size, seed, synthetic),
+               "mae_random_subset": pack_and_pretrain("mae_random_subset", baseline, out, size, seed, synthetic)}
     reload = {variant: reload_check(info["export"]) for variant, info in trained.items()}
 
     if real:
@@ -302,7 +321,7 @@ def run_demo(out: Path, size_name: str = "default", seed: int = 0, archive: Path
     pretrain_facts = {}
     for variant, info in trained.items():
         first, last = _loss_range(info["run"])
-        pretrain_facts[variant] = {"chips": json.loads((info["shards"] / "stats.json").read_text()).get("count"),
+        pretrain_facts[variant] = {"chips": info["chips"],
                                    "steps": info["summary"]["step"], "first_loss": first, "last_loss": last,
                                    "export": info["export"]}
     training = {"corpus": input_desc, "chips": pretrain_facts["mae_curated"]["chips"],

@@ -14,9 +14,11 @@ loss scaling where bf16 is not native), float32 on the CPU.
 
 Outputs in ``<output.root>/<recipe name>/<backbone>/seed<seed>/``: ``resolved_config.yaml``, ``metrics.json``
 (scores per split, backbone description, normalisation, lr, device, data rejects, timing), ``per_image.npz`` (the
-reported split's per-chip counts, groups and instance matches, for bootstraps) and ``predictions.npz`` (a few tiles
-for qualitative panels). A run is skipped when its ``metrics.json`` has the same run key: the resolved config, the
-dataset card, the weights' sha256 (file or folder content) and the code version (``--force`` reruns it).
+reported split's per-chip counts, groups and instance matches, for bootstraps), ``predictions.npz`` (a few tiles
+for qualitative panels) and, for final runs, ``model/`` (``evaluation.artefact.save_finetuned``: the finetuned model
+as a folder ``evaluation.predict`` loads; ``output.save_model: false`` skips it). A run is skipped when its
+``metrics.json`` has the same run key: the resolved config, the dataset card, the weights' sha256 (file or folder
+content) and the code version (``--force`` reruns it).
 
 A plain loop on purpose: one short function per phase reads more easily than a trainer's callbacks here, and the
 whole protocol (crops, layer-wise lr decay, warmup + cosine, evaluation tiling) stays visible in one file.
@@ -38,6 +40,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from arctic_vit.corpus import CorpusContract
+from evaluation.artefact import build_kwargs_from_recipe, save_finetuned
 from evaluation.backbones import BACKBONES, Backbone, build_backbone
 from evaluation.chip_eval import evaluate
 from evaluation.datasets import ChipDataset, build_dataset, load_card
@@ -265,6 +269,11 @@ def _run(cfg: dict, card: DatasetCard, backbone_name: str, seed: int, out: Path,
 
     out.mkdir(parents=True, exist_ok=True)
     write_resolved(cfg, out)
+    if final and cfg["output"].get("save_model", True):
+        save_finetuned(out / "model", model, task=cfg["task"], classes=card.classes, corpus=CorpusContract(
+            card.bands, card.bit_depth, gsd_m=card.gsd_m), tile_size=cfg["model"]["img_size"],
+            normalization=backbone.normalization, encoder_provenance=backbone.describe(),
+            build_kwargs=build_kwargs_from_recipe(cfg, backbone_name))
     _save_per_image(out / "per_image.npz", result)
     if result["panels"]:
         images, masks, preds, names = zip(*result["panels"])

@@ -27,7 +27,7 @@ def test_every_stage_left_its_outputs(demo):
                 "summary.json"):
         assert (out / rel).is_file(), rel
     for variant in VARIANTS:
-        assert (out / "shards" / variant / "stats.json").is_file()
+        assert (out / "shards" / variant / "corpus.json").is_file()
         assert any((out / "pretrain" / variant / "checkpoints").glob("*.pt"))
         assert {p.name for p in (out / "export" / variant).iterdir()} >= {"model.safetensors", "config.json",
                                                                         "README.md"}

@@ -62,6 +62,10 @@ def test_finetune_reports_test_split_and_skips_only_an_identical_run(tmp_path, s
     per_image = np.load(out / "per_image.npz")
     assert per_image["ids"].tolist() == sorted(per_image["ids"].tolist()) and len(per_image["ids"]) == saved["n_eval"]
     assert {g.split("_r")[0] for g in per_image["ids"]} == set(per_image["groups"].tolist())  # grouped by scene
+    from evaluation.artefact import load_finetuned
+
+    predictor = load_finetuned(out / "model")  # the finetuned model, as evaluation.predict loads it
+    assert predictor.task == "semantic" and list(predictor.classes) == saved["classes"]
     assert run(cfg, "random_vit_tiny", seed=0)["skipped"] is True
     changed = _recipe("synthetic_rts_semantic", synthetic_card, tmp_path, "train.lr=1e-3")
     assert "skipped" not in run(changed, "random_vit_tiny", seed=0)
