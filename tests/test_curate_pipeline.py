@@ -52,6 +52,8 @@ def messy_archive(tmp_path_factory) -> Path:
     with_nan = rng.uniform(100, 1500, (4, 512, 256)).astype(np.float32)
     with_nan[:, :256, :] = np.nan
     _write(bad / "with_nan.tif", with_nan, **geo)
+    with rasterio.open(bad / "with_nan.tif", "r+") as dst:  # float DNs of an 11-bit sensor, tagged as such
+        dst.update_tags(BIT_DEPTH="11")
     _write(bad / "no_georef.tif", rng.integers(1, 2047, (4, 256, 256)).astype(np.uint16), nodata=0)
     _write(root / "scenes" / "eight_band_u8.tif", rng.integers(1, 255, (8, 256, 256)).astype(np.uint8), nodata=0,
            **geo)  # striped, 8-bit, 8 bands
@@ -74,7 +76,7 @@ def _config(inputs, out: Path, *extra: str) -> dict:
 @pytest.fixture(scope="module")
 def messy_run(messy_archive, tmp_path_factory):
     out = tmp_path_factory.mktemp("curate_out")
-    cfg = _config(messy_archive, out)
+    cfg = _config(messy_archive, out, "select.bands=blue,green,red,nir")  # mixed band sets: pick one
     return cfg, run_curation(cfg)
 
 
@@ -128,9 +130,11 @@ def test_bad_inputs_are_recorded(messy_run):
     assert kept.any() and (copied["reject_reason"].to_numpy()[kept] == "duplicate").all()
     eight = manifest[manifest["scene_id"] == "scenes/eight_band_u8"].iloc[0]
     assert eight["bands"] == "coastal,blue,green,yellow,red,rededge,nir,nir2" and eight["bit_depth"] == 8
-    assert pd.isna(eight["reject_reason"]) and "no_metadata" in eight["metadata_issues"]
+    assert "no_metadata" in eight["metadata_issues"]
+    assert eight["reject_reason"] == "band_set: not select.bands=blue,green,red,nir"
     jpeg = manifest[manifest["scene_id"] == "chips/chip_0"].iloc[0]
     assert jpeg["bands"] == "nir,green,red" and jpeg["bit_depth"] == 8 and jpeg["band_count"] == 3
+    assert jpeg["reject_reason"].startswith("band_set")
 
 
 def test_rerun_skips_finished_scenes_and_is_deterministic(messy_run):
@@ -147,7 +151,8 @@ def test_kmeans_and_cli(messy_archive, tmp_path):
     out = tmp_path / "cli"
     subprocess.run(
         [sys.executable, "-m", "training.curate", "--config", str(CONFIG), f"input.path={messy_archive / 'scenes'}",
-         f"out={out}", "cluster.method=kmeans", "select.within=balanced", "select.budget=3", "report.figures=false",
+         f"out={out}", "cluster.method=kmeans", "select.bands=blue,green,red,nir", "select.within=balanced",
+         "select.budget=3", "report.figures=false",
          "progress=false", "--scheduler", "synchronous"],
         check=True, cwd=REPO, capture_output=True,
     )

@@ -22,7 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.scheduler:
         cfg.setdefault("dask", {})["scheduler"] = args.scheduler
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    manifest = run_curation(cfg)
+    try:
+        manifest = run_curation(cfg)
+    except (ValueError, FileNotFoundError) as err:  # config keys, inputs, band names, the corpus contract
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
     print(manifest)
 
 

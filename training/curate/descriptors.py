@@ -115,6 +115,15 @@ def metadata_descriptor(meta: AcquisitionMeta, lat: np.ndarray, lon: np.ndarray)
     return out
 
 
+def invalid_descriptor_rows(descriptors: np.ndarray) -> np.ndarray:
+    """descriptors: (n, D) raw -> (n,) bool: rows that cannot be clustered (an inf anywhere, NaN texture, or no
+    spectral value at all). NaN elsewhere means 'this source lacks that band / field' and is allowed."""
+    spectral = len(GROUPS["spectral"])
+    texture = slice(spectral, spectral + len(TEXTURE_NAMES))
+    return (np.isinf(descriptors).any(axis=1) | np.isnan(descriptors[:, texture]).any(axis=1)
+            | np.isnan(descriptors[:, :spectral]).all(axis=1))
+
+
 def standardise(
     descriptors: np.ndarray, weights: dict[str, float] | None = None
 ) -> tuple[np.ndarray, dict[str, list[float]]]:

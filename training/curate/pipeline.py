@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -19,14 +20,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from arctic_vit.bands import validate_bands
+from arctic_vit.corpus import CONTRACT_FILENAME, CorpusContract
 from training.config import write_resolved
 from training.curate.affinity import hierarchical_ap
-from training.curate.descriptors import DESCRIPTOR_NAMES, METADATA_NAMES, standardise
+from training.curate.descriptors import DESCRIPTOR_NAMES, METADATA_NAMES, invalid_descriptor_rows, standardise
 from training.curate.kmeans import hierarchical_kmeans
 from training.curate.metadata import catalog_row_for, load_catalog
 from training.curate.report import write_report
 from training.curate.select import duplicate_mask, select
 from training.curate.tiling import SceneResult, Source, discover, process_scene
+from training.curate.validate import validate_config
 
 log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.parquet"
@@ -161,6 +165,7 @@ def _cluster(x: np.ndarray, cfg: dict, client) -> tuple[np.ndarray, np.ndarray, 
 def run_curation(cfg: dict) -> Path:
     """Run every stage for ``cfg`` (see training/configs/curate.yaml) -> path of ``manifest.parquet``."""
     t_start = time.perf_counter()
+    validate_config(cfg)  # every key, select.* included, before any tiling
     out = Path(cfg.get("out") or "outputs/curate").resolve()
     out.mkdir(parents=True, exist_ok=True)
     write_resolved(cfg, out)
@@ -180,32 +185,78 @@ def run_curation(cfg: dict) -> Path:
         accepted = np.flatnonzero(manifest["reject_reason"].isna().to_numpy())
         if len(accepted) != len(raw):
             raise RuntimeError(f"internal: {len(accepted)} accepted chips but {len(raw)} descriptors")
+        keep = np.ones(len(accepted), bool)
+        wanted = cfg["select"].get("bands")
+        if wanted:  # one band set out of several sources
+            wanted = ",".join(validate_bands(str(wanted)))
+            other = manifest["bands"].to_numpy()[accepted] != wanted
+            manifest.loc[accepted[other], "reject_reason"] = f"band_set: not select.bands={wanted}"
+            keep &= ~other
+        bad = invalid_descriptor_rows(raw)
+        manifest.loc[accepted[bad & keep], "reject_reason"] = "invalid_descriptor: non-finite values"
+        keep &= ~bad
+        accepted, raw = accepted[keep], raw[keep]
         if cfg["select"].get("dedup", True) and len(raw):
             pixel_part = raw[:, : len(DESCRIPTOR_NAMES) - len(METADATA_NAMES)]  # same pixels, whatever the metadata
             keys = [h.encode() + d.tobytes() for h, d in zip(manifest["content_hash"].to_numpy()[accepted], pixel_part)]
             dup = duplicate_mask(keys)
             manifest.loc[accepted[dup], "reject_reason"] = "duplicate"
             accepted, raw = accepted[~dup], raw[~dup]
+        corpus_contract(manifest.iloc[accepted])  # disagreeing bands / bit depth: an error before clustering
         x, stats = standardise(raw, cfg["descriptors"].get("weights"))
         labels, exemplars, level_labels, cluster_info = (
             _cluster(x, cfg, client) if len(x) else (np.zeros(0, int), np.zeros(0, int), [], {"method": "none"})
         )
     within = cfg["select"].get("within", "closest")
-    chosen = select(x, labels, exemplars, int(cfg["select"]["budget"]), within=within,
-                    finer_levels=level_labels[:-1], seed=seed)
+    budget = int(cfg["select"]["budget"])
+    if budget >= len(x):
+        log.warning("select.budget=%d >= %d candidate chips: all of them are selected", budget, len(x))
+    chosen = select(x, labels, exemplars, budget, within=within, finer_levels=level_labels[:-1], seed=seed)
     manifest = _annotate(manifest, accepted, labels, exemplars, level_labels, chosen)
+    contract = corpus_contract(manifest[manifest["selected"]])
+    if contract is None:
+        log.warning("no chip selected: no %s written", CONTRACT_FILENAME)
     manifest_path = out / MANIFEST_NAME
     manifest.to_parquet(manifest_path, index=False)
+    if contract is not None:
+        contract.write(out / CONTRACT_FILENAME)
     descriptors = pd.DataFrame(raw, columns=DESCRIPTOR_NAMES)
     descriptors.insert(0, "chip_id", manifest["chip_id"].to_numpy()[accepted])
     descriptors.to_parquet(out / "descriptors.parquet", index=False)
     (out / "descriptor_stats.json").write_text(json.dumps(stats))
     info = dict(timings_s=dict(tiles_and_descriptors=t_tiles, cluster=cluster_info.pop("seconds", 0.0),
                                total=time.perf_counter() - t_start),
-                cluster=cluster_info, budget=int(cfg["select"]["budget"]), within=within)
+                cluster=cluster_info, budget=budget, within=within,
+                budget_covers_all_candidates=bool(budget >= len(x)),
+                corpus=None if contract is None else contract.to_dict())
     write_report(out, manifest, x, info, figures=bool(cfg.get("report", {}).get("figures", True)),
                  mosaic_clusters=int(cfg.get("report", {}).get("mosaic_clusters", 8)), seed=seed)
     return manifest_path
+
+
+def corpus_contract(selected: pd.DataFrame) -> CorpusContract | None:
+    """Manifest rows (the selected chips) -> ``CorpusContract(bands, bit_depth, gsd_m=median, nodata)`` (no
+    statistics: pack adds them); None for no rows. Disagreeing bands / bit depth / nodata: an error naming two
+    sources."""
+    if selected.empty:
+        return None
+    for column, fix in (("bands", " (or choose one band set with select.bands=...)"), ("bit_depth", ""),
+                        ("nodata", "")):
+        values = selected[column].astype(str)
+        if values.nunique() > 1:
+            first = selected.drop_duplicates(column)[["source_path", column]].head(2).to_numpy().tolist()
+            raise ValueError(f"selected chips disagree on {column}: {first[0][0]} has {first[0][1]}, "
+                             f"{first[1][0]} has {first[1][1]}{fix}")
+    bit_depth = int(selected["bit_depth"].iloc[0])
+    if bit_depth == 0:
+        raise ValueError(f"{selected['source_path'].iloc[0]}: float raster with no bit depth: set input.bit_depth "
+                         "(the corpus contract normalises DN / (2**bit_depth - 1))")
+    gsd = selected["gsd_m"].to_numpy(np.float64)
+    gsd = gsd[np.isfinite(gsd)]
+    nodata = float(selected["nodata"].iloc[0])
+    return CorpusContract(bands=tuple(selected["bands"].iloc[0].split(",")), bit_depth=bit_depth,
+                          gsd_m=float(np.median(gsd)) if len(gsd) else None,
+                          nodata=None if math.isnan(nodata) else nodata)
 
 
 def _annotate(manifest: pd.DataFrame, accepted: np.ndarray, labels: np.ndarray, exemplars: np.ndarray,
@@ -226,7 +277,7 @@ def _annotate(manifest: pd.DataFrame, accepted: np.ndarray, labels: np.ndarray, 
     selected[accepted[chosen]] = True
     manifest["selected"] = selected
     order = ["chip_id", "source_path", "scene_id", "row_off", "col_off", "height", "width", "band_count", "bands",
-             "bit_depth", "crs", "center_x", "center_y", "lat", "lon", "sensor", "acquired", "sun_elevation",
+             "bit_depth", "nodata", "crs", "center_x", "center_y", "lat", "lon", "sensor", "acquired", "sun_elevation",
              "off_nadir", "cloud_cover", "gsd_m"]
     rest = [c for c in manifest.columns if c not in order]
     manifest = manifest[order + rest]

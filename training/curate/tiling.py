@@ -22,6 +22,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
+from arctic_vit.bands import validate_bands
 from training.curate.descriptors import DESCRIPTOR_NAMES, core_band_index, metadata_descriptor, pixel_descriptors
 from training.curate.metadata import AcquisitionMeta, read_acquisition
 
@@ -91,13 +92,27 @@ def _band_names(src, is_image: bool, cfg: dict) -> list[str]:
 
 
 def _bit_depth(src, is_image: bool, cfg: dict) -> int:
+    """Configured, else 8 for uint8, the file's BIT_DEPTH/NBITS tag, 0 (unknown) for float rasters, else
+    ``input.uint16_bit_depth``."""
     configured = cfg["input"].get("bit_depth", "auto")
     if configured not in (None, "auto"):
         return int(configured)
     if src.dtypes[0] == "uint8":
         return 8
     tag = src.tags().get("BIT_DEPTH") or src.tags().get("NBITS") or src.tags(1, "IMAGE_STRUCTURE").get("NBITS")
-    return int(tag) if tag and str(tag).isdigit() else int(cfg["input"].get("uint16_bit_depth", 11))
+    if tag and str(tag).isdigit():
+        return int(tag)
+    return 0 if np.dtype(src.dtypes[0]).kind == "f" else int(cfg["input"].get("uint16_bit_depth", 11))
+
+
+def pixel_scale(cfg: dict, floating: bool, bit_depth: int) -> float:
+    """``input.scale``: 'auto' -> ``2**bit_depth - 1`` when the bit depth is known (integer DNs, a float raster
+    with a BIT_DEPTH tag or a configured ``input.bit_depth``), 1.0 for a float raster without one (0-1 reflectance,
+    never rescaled as if it were 11-bit DNs); a positive number -> pixel values are divided by it."""
+    configured = cfg["input"].get("scale", "auto")
+    if configured not in (None, "auto"):
+        return float(configured)
+    return 1.0 if floating and bit_depth == 0 else float(2**bit_depth - 1)
 
 
 def _source_reject(source: Source, reason: str, **extra) -> SceneResult:
@@ -112,8 +127,8 @@ def empty_row(source: Source) -> dict:
         chip_id=f"{source.scene_id}:source", source_path=source.path, scene_id=source.scene_id, row_off=0, col_off=0,
         height=0, width=0, band_count=0, bands="", bit_depth=0, crs=None, center_x=math.nan, center_y=math.nan,
         lat=math.nan, lon=math.nan, sensor=None, acquired=None, sun_elevation=math.nan, off_nadir=math.nan,
-        cloud_cover=math.nan, gsd_m=math.nan, valid_fraction=math.nan, content_hash=None, metadata_issues="",
-        reject_reason=None,
+        cloud_cover=math.nan, gsd_m=math.nan, nodata=math.nan, valid_fraction=math.nan, content_hash=None,
+        metadata_issues="", reject_reason=None,
     )
 
 
@@ -145,8 +160,13 @@ def _process_scene(source: Source, cfg: dict, catalog_row: dict | None) -> Scene
         if src.count not in allowed:
             return _source_reject(source, f"band_count: {src.count} not in {allowed}", band_count=src.count)
         if src.height < chip_size or src.width < chip_size:
-            return _source_reject(source, f"smaller_than_chip: {src.height}x{src.width} < {chip_size}")
+            return _source_reject(source, f"smaller_than_chip: {src.height}x{src.width} < {chip_size}",
+                                  band_count=src.count)
         bands = _band_names(src, is_image, cfg)
+        try:
+            validate_bands(bands)
+        except ValueError as err:  # caught here, at curation, not at training
+            raise ValueError(f"{source.path}: {err}; name them with input.band_names.{src.count}=...") from None
         bit_depth = _bit_depth(src, is_image, cfg)
         crs = src.crs.to_string() if src.crs else None
         issues = list(meta.issues)
@@ -167,13 +187,14 @@ def _process_scene(source: Source, cfg: dict, catalog_row: dict | None) -> Scene
             band_count=src.count, bands=",".join(bands), bit_depth=bit_depth, crs=crs, sensor=meta.sensor,
             acquired=meta.acquired, sun_elevation=meta.sun_elevation, off_nadir=meta.off_nadir,
             cloud_cover=meta.cloud_cover, gsd_m=meta.gsd_m, metadata_issues=";".join(issues),
+            nodata=math.nan if nodata is None else float(nodata),
         )
         core_index = core_band_index(bands)
         if all(i is None for i in core_index):
             core_index = [None, None, None, None]
             core_index[1] = 0  # unknown band names: treat the first band as 'green' (brightness only)
         rows, descs, pending = [], [], []
-        scale = float(2**bit_depth - 1)
+        scale = pixel_scale(cfg, np.dtype(src.dtypes[0]).kind == "f", bit_depth)
         steps = (
             max(1, int(cfg["descriptors"].get("sample_step", 8))),
             max(1, int(cfg["descriptors"].get("texture_step", 4))),
@@ -307,6 +328,11 @@ def _lat_lon(crs, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(lat, np.float64), np.asarray(lon, np.float64)
 
 
-def _short(err: Exception, limit: int = 160) -> str:
-    text = f"{type(err).__name__}: {err}".replace("\n", " ")
-    return text[:limit]
+def _short(err: Exception, limit: int = 300) -> str:
+    """One line: the exception and its causes (rasterio's 'Read failed' chains the GDAL message as the cause)."""
+    parts, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        parts.append(f"{type(err).__name__}: {err}".replace("\n", " "))
+        err = err.__cause__ or err.__context__
+    return " <- ".join(parts)[:limit]
