@@ -106,7 +106,8 @@ def build_config(
         "num_classes": 0,
         "num_features": num_features,
         "global_pool": global_pool,
-        "model_args": {"in_chans": in_chans, "img_size": img_size},
+        # dynamic_img_size: plain timm and transformers accept any multiple of the patch, as the arctic models do
+        "model_args": {"in_chans": in_chans, "img_size": img_size, "dynamic_img_size": True},
         "pretrained_cfg": pretrained_cfg,
         CORPUS_KEY: contract.to_dict(),
         METADATA_KEY: meta,

@@ -71,6 +71,13 @@ class ArcticPretrainedCfg(PretrainedCfg):
     hf_hub_revision: str | None = None
     sha256: str | None = None
 
+    @property
+    def has_weights(self) -> bool:
+        """Weights exist when a file/url/state dict is given or the hub repository is pinned (revision + sha256):
+        ``timm.list_pretrained('arctic*')`` lists only tags that load, not unpublished ones."""
+        return bool(self.file or self.url or self.state_dict is not None
+                    or (self.hf_hub_id and self.hf_hub_revision and self.sha256))
+
 
 STANDARD_CFG_KEYS = frozenset(f.name for f in dataclasses.fields(PretrainedCfg))
 ARCTIC_CFG_KEYS = frozenset(f.name for f in dataclasses.fields(ArcticPretrainedCfg)) - STANDARD_CFG_KEYS
@@ -84,6 +91,7 @@ def _cfg(arch: str, tag: str = "mae_arctic", **kwargs: Any) -> ArcticPretrainedC
         hf_hub_revision=pin.revision,
         sha256=pin.sha256,
         input_size=(n_bands, 224, 224),
+        fixed_input_size=False,  # dynamic_img_size: any multiple of the 16-px patch
         mean=(NEUTRAL_MEAN,) * n_bands,
         std=(NEUTRAL_STD,) * n_bands,
         crop_pct=1.0,
@@ -106,7 +114,9 @@ def _cfg(arch: str, tag: str = "mae_arctic", **kwargs: Any) -> ArcticPretrainedC
 
 
 _PRETRAINED_CFGS: dict[str, ArcticPretrainedCfg] = {f"{arch}.mae_arctic": _cfg(arch) for arch in STOCK_ARCHITECTURES}
-default_cfgs = generate_default_cfgs(_PRETRAINED_CFGS)
+default_cfgs = generate_default_cfgs(
+    _PRETRAINED_CFGS | {f"{alias}.mae_arctic": _cfg(arch) for alias, arch in ALIASES.items()}
+)
 
 
 def select_band_weights(
@@ -146,7 +156,7 @@ def _resolve_cfg(variant: str, pretrained_cfg: Any, overlay: dict[str, Any] | No
         if key not in _PRETRAINED_CFGS:
             valid = sorted(k.split(".", 1)[1] for k in _PRETRAINED_CFGS if k.startswith(variant + "."))
             raise ValueError(f"unknown pretrained tag {tag!r} for {variant}; valid tags: {valid}")
-        cfg = dataclasses.replace(_PRETRAINED_CFGS[key])
+        cfg = dataclasses.replace(_PRETRAINED_CFGS[key], tag=tag)
     overlay = dict(overlay or {})
     folder_meta = read_folder_metadata(overlay["file"]) if overlay.get("file") else None
     if folder_meta is not None:
@@ -197,6 +207,7 @@ def _create_arctic_vit(variant: str, pretrained: bool = False, **kwargs: Any) ->
 
     out_indices = kwargs.pop("out_indices", 3)
     kwargs.setdefault("num_classes", 0)
+    kwargs.setdefault("dynamic_img_size", True)  # any input size that is a multiple of the patch (dense mapping)
     return build_model_with_cfg(
         VisionTransformer,
         variant,

@@ -55,7 +55,8 @@ def test_folder_layout_and_config(folder, source):
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "vit_tiny_patch16_224"
     assert "num_classes" not in config["model_args"]
-    assert config["model_args"] == {"in_chans": 4, "img_size": 64}
+    assert config["model_args"] == {"in_chans": 4, "img_size": 64, "dynamic_img_size": True}
+    assert config["pretrained_cfg"]["fixed_input_size"] is False
     assert set(config["pretrained_cfg"]) <= STANDARD_CFG_KEYS
     assert config["corpus"] == CORPUS.to_dict()  # the contract, once
     assert set(config["arctic_vit"]) == {"variant", "weights_sha256"}  # no second copy of bands / bit depth / GSD

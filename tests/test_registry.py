@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import torch
 
 import arctic_vit
 from arctic_vit.bands import CANONICAL_BANDS
-from arctic_vit.models import ARCTIC_SIZES, STOCK_ARCHITECTURES
+from arctic_vit.models import ARCTIC_SIZES
 from arctic_vit.pyramid import default_out_indices
 from arctic_vit.releases import PINS
 
@@ -32,7 +33,43 @@ def _size(name: str) -> dict[str, int]:
 
 def test_import_registers_the_family():
     assert set(ARCTIC_MODELS) == EXPECTED
-    assert set(timm.list_models("arctic*", pretrained=True)) == {f"{a}.mae_arctic" for a in STOCK_ARCHITECTURES}
+
+
+def test_list_pretrained_lists_only_tags_whose_weights_load():
+    """No tag is pinned yet (revision + sha256 in releases.py), so none is listed as pretrained; a pinned one is."""
+    assert not any(PINS[k].revision for k in PINS)
+    assert timm.list_pretrained("arctic*") == []
+    cfg = timm.models.get_pretrained_cfg("arctic_mae_vit_tiny_patch16_224.mae_arctic")
+    assert cfg.hf_hub_id and not cfg.has_weights
+    assert dataclasses.replace(cfg, hf_hub_revision="a" * 40, sha256="b" * 64).has_weights
+    assert dataclasses.replace(cfg, file="model.safetensors").has_weights
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_pretrained_cfg_has_tag_and_registry_config(name):
+    """Every name, the alias included, has a registry config; the built model's cfg names its tag."""
+    registry = timm.models.get_pretrained_cfg(name)
+    assert registry is not None and registry.tag == "mae_arctic"
+    with torch.device("meta"):
+        cfg = timm.create_model(name).pretrained_cfg
+    assert cfg["tag"] == "mae_arctic" and cfg["fixed_input_size"] is False
+    assert cfg["input_size"] == registry.input_size and cfg["mean"] == registry.mean
+
+
+@pytest.mark.parametrize("size", [(32, 32), (48, 80), (224, 224), (240, 96)])
+def test_any_multiple_of_the_patch_runs_and_matches_the_resampled_position_embedding(size):
+    """fixed_input_size=False is true: (H, W) multiples of 16 run; at (h, w) the tokens equal a model built for
+    (h, w) whose position embedding is the bicubic resample of the 224-px one (timm's resample_abs_pos_embed)."""
+    torch.manual_seed(0)
+    model = timm.create_model("arctic_mae_vit_tiny_patch16_224").eval()
+    x = torch.randn(1, 4, *size)
+    fixed = timm.create_model("arctic_mae_vit_tiny_patch16_224", img_size=size, dynamic_img_size=False).eval()
+    state = dict(model.state_dict())
+    state["pos_embed"] = timm.layers.resample_abs_pos_embed(state["pos_embed"], new_size=[s // 16 for s in size],
+                                                            old_size=(14, 14), num_prefix_tokens=1)
+    fixed.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), fixed.forward_features(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ARCTIC_MODELS)
