@@ -276,3 +276,17 @@ def test_real_maple_semantic_recipe_runs(tmp_path):
     metrics = run(cfg, "random_vit_tiny", seed=0)
     assert metrics["n_by_split"] == {"val": 15, "test": 15} and metrics["eval_split"] == "test"
     assert metrics["scores"]["per_class_f1"]["lowcenter"] is not None
+
+
+@pytest.mark.slow
+def test_independent_runs_in_a_process_pool_match_runs_in_turn(tmp_path, synthetic_card):
+    """compare's one-run-per-GPU pool, exercised with two CPU 'devices': the same scores as running in turn."""
+    from evaluation.compare import run_jobs
+
+    cfg = _recipe("synthetic_rts_semantic", synthetic_card, tmp_path)
+    jobs = [(cfg, "random_vit_tiny", seed, None, False, tmp_path / mode / f"seed{seed}", True)
+            for mode in ("pool", "serial") for seed in (0, 1)]
+    pooled = run_jobs(jobs[:2], ["cpu", "cpu"])
+    serial = run_jobs(jobs[2:], ["cpu"])
+    assert [m["scores"]["foreground_mean_f1"] for m in pooled] == [m["scores"]["foreground_mean_f1"] for m in serial]
+    assert {m["protocol"]["device"] for m in pooled} == {"cpu"}
