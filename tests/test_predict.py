@@ -352,3 +352,39 @@ def test_dask_scheduler_one_task_per_scene_same_outputs(model_dir, scenes, mappe
         with rasterio.open(tmp_path / "dask" / scene_id / "prob.tif") as a, \
                 rasterio.open(mapped[1] / scene_id / "prob.tif") as b:
             np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_scene_smaller_than_a_tile_is_reflect_padded(tmp_path):
+    """A 40 x 50 scene under a 64-px tile: streamed result = predict_tiled's reflection padding of the whole image."""
+    from evaluation.overlap import predict_tiled
+
+    path = write_scene(tmp_path / "small.tif", 40, 50, seed=11)
+    model = ConvSegmenter().eval()
+    with rasterio.open(path) as src:
+        strips = list(stream_semantic(src, (1, 2, 3, 4), model, 3, TILE, overlap=16))
+        image = torch.from_numpy(src.read().astype(np.float32))
+    assert len(strips) == 1 and strips[0].probs.shape == (3, 40, 50)
+    expected = predict_tiled(model, image, TILE, 16)
+    np.testing.assert_allclose(strips[0].probs, expected.numpy(), atol=1e-6)
+
+
+def test_detections_become_scene_instances_and_paint_by_score():
+    """Mask R-CNN output of one tile -> TileInstances in scene pixels (nodata and padding cut) -> class/prob strips."""
+    from evaluation.predict.stream import detections_to_instances
+    from evaluation.predict.writer import instance_strip
+
+    masks = torch.zeros(3, 1, 8, 8)
+    masks[0, 0, 1:4, 1:5] = 0.9  # kept
+    masks[1, 0, 2:6, 3:8] = 0.8  # kept, overlaps the first; its last column lies outside the scene
+    masks[2, 0, 5:7, 5:7] = 0.9  # below the score threshold
+    output = {"masks": masks, "labels": torch.tensor([1, 2, 1]), "scores": torch.tensor([0.75, 0.875, 0.25])}
+    valid = torch.ones(8, 8, dtype=torch.bool)
+    valid[1, 1] = False
+    found = detections_to_instances(output, row=10, col=20, valid=valid, height=100, width=27, score_threshold=0.5)
+    assert [(i.row, i.col, i.mask.shape, i.label) for i in found] == [(11, 21, (3, 4), 1), (12, 23, (4, 4), 2)]
+    assert not found[0].mask[0, 0]  # the nodata pixel is not part of the object
+    valid_rows = np.ones((8, 27), dtype=bool)
+    classes, probs = instance_strip(found, 10, 18, 27, valid_rows, 3)
+    assert classes[1, 21] == 0 and classes[1, 22] == 1  # nodata pixel left background, the rest class 1
+    assert classes[2, 23] == 2 and probs[2, 2, 23] == round(255 * 0.875)  # the higher score painted on top
+    assert probs[1, 2, 23] == round(255 * 0.75) and classes[2, 21] == 1
