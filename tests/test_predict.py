@@ -279,8 +279,14 @@ def test_cli_and_scoring_against_labels(model_dir, scenes, mapped, tmp_path, cap
     with rasterio.open(labels / "s8.tif", "w", **profile) as dst:
         dst.write(classes)
     code = main(["--model", str(model_dir), "--input", str(scenes / "s8.tif"), "--out", str(tmp_path / "o"),
-                 "--device", "cpu", "--labels", str(labels), "--no-progress", "--target-crs", "scene"])
+                 "--device", "cpu", "--labels", str(labels), "--no-progress", "--target-crs", "scene", "--overlay"])
     assert code == 0 and json.loads(capsys.readouterr().out)["done"] == 1
+    from PIL import Image
+
+    png = np.asarray(Image.open(tmp_path / "o" / "s8" / "overlay.png"))
+    assert png.shape == (130, 150, 3)
+    stretched = png[classes[0] == 0]  # background pixels: the stretched scene, spanning the full range
+    assert stretched.min() == 0 and stretched.max() == 255
     record = json.loads((tmp_path / "o" / "s8" / "scene.json").read_text())
     scores = record["scores"]
     assert scores["pixel_f1"] == scores["object_f1"] == scores["detection_f1"] == scores["delineation_f1"] == 1.0

@@ -26,6 +26,7 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
     p.add_argument("--bands", default=None, help="scene band names when the files carry none, e.g. blue,green,red,nir")
     p.add_argument("--score-threshold", type=float, default=0.5, help="instance models: minimum score")
     p.add_argument("--labels", type=Path, default=None, help="folder of label rasters <scene_id>.tif: score the maps")
+    p.add_argument("--overlay", action="store_true", help="also write <scene>/overlay.png (true colour + classes)")
     p.add_argument("--scheduler", default="synchronous", help="synchronous | local | tcp://host:8786 (Dask)")
     p.add_argument("--n-workers", type=int, default=2, help="local Dask cluster size")
     p.add_argument("--threads", type=int, default=None, help="torch threads per scene task")
@@ -40,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
                          target_crs=None if a.target_crs.lower() == "scene" else a.target_crs,
                          allow_ungeoreferenced=a.allow_ungeoreferenced, overwrite=a.overwrite, bands=bands,
                          scheduler=a.scheduler, n_workers=a.n_workers, threads=a.threads,
-                         checkpoint_seconds=a.checkpoint_seconds, labels=a.labels, progress=not a.no_progress)
+                         checkpoint_seconds=a.checkpoint_seconds, labels=a.labels, overlay=a.overlay,
+                         progress=not a.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:

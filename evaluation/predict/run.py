@@ -76,6 +76,7 @@ class PredictConfig:
     threads: int | None = None  # torch threads per scene task
     checkpoint_seconds: float = 30.0
     labels: Path | None = None  # folder of label rasters <scene_id>.tif: score the maps
+    overlay: bool = False  # <scene>/overlay.png: true colour + predicted classes (decimated)
     progress: bool = True
 
     def identity(self, sha256: str, tile: int) -> dict[str, Any]:
@@ -216,6 +217,10 @@ def predict_scene(scene: scn.Scene, predictor: Predictor, cfg: PredictConfig, de
             vector_s = time.perf_counter() - t0
             pixel_m2 = abs(src.transform.a * src.transform.e - src.transform.b * src.transform.d)
             georeferenced = src.crs is not None and src.crs.is_projected
+    if cfg.overlay:
+        from evaluation.predict.overlay import overlay_png
+
+        overlay_png(scene.path, folder / "class.tif", folder / "overlay.png", bands=cfg.bands)
     counts = Counter(predictor.classes[r["class_id"]] for r in records)
     record = {
         "scene_id": scene.scene_id, "path": str(scene.path), "status": "done", "acquired": scene.acquired,
