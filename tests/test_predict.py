@@ -394,3 +394,13 @@ def test_detections_become_scene_instances_and_paint_by_score():
     assert classes[1, 21] == 0 and classes[1, 22] == 1  # nodata pixel left background, the rest class 1
     assert classes[2, 23] == 2 and probs[2, 2, 23] == round(255 * 0.875)  # the higher score painted on top
     assert probs[1, 2, 23] == round(255 * 0.75) and classes[2, 21] == 1
+
+
+def test_bf16_precision_on_cpu_is_close_to_float32(model_dir, scenes, mapped, tmp_path):
+    summary = predict(_cfg(model_dir, scenes / "s8.tif", tmp_path / "bf16", precision="bf16"))
+    assert summary["identity"]["precision"] == "bf16"
+    with rasterio.open(tmp_path / "bf16" / "s8" / "prob.tif") as a, rasterio.open(mapped[1] / "s8" / "prob.tif") as b:
+        diff = np.abs(a.read().astype(int) - b.read().astype(int))
+    assert diff.max() <= 0.05 * 255 and diff.mean() < 0.01 * 255
+    with pytest.raises(ValueError, match="--precision 'fp8'"):
+        predict(_cfg(model_dir, scenes / "s8.tif", tmp_path / "x", precision="fp8"))

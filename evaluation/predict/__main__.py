@@ -20,6 +20,8 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
     p.add_argument("--input", required=True, type=Path, help="a GeoTIFF scene, a folder of them, or a catalog CSV")
     p.add_argument("--out", required=True, type=Path, help="output folder (resumable)")
     p.add_argument("--device", default="auto", help=DEVICE_CHOICES)
+    p.add_argument("--precision", default="auto", choices=("auto", "float32", "bf16"),
+                   help="auto: bf16 autocast on CUDA, float32 on CPU; bf16 also on CPUs with native bf16")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in px (default tile_size // 4)")
     p.add_argument("--target-crs", default="EPSG:3413", help="CRS of the polygons; 'scene' keeps the scene's")
@@ -42,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
                          allow_ungeoreferenced=a.allow_ungeoreferenced, overwrite=a.overwrite, bands=bands,
                          scheduler=a.scheduler, n_workers=a.n_workers, threads=a.threads,
                          checkpoint_seconds=a.checkpoint_seconds, labels=a.labels, overlay=a.overlay,
-                         progress=not a.no_progress)
+                         precision=a.precision, progress=not a.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:

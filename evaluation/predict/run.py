@@ -77,14 +77,29 @@ class PredictConfig:
     checkpoint_seconds: float = 30.0
     labels: Path | None = None  # folder of label rasters <scene_id>.tif: score the maps
     overlay: bool = False  # <scene>/overlay.png: true colour + predicted classes (decimated)
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, float32 on CPU) | float32 | bf16 (also on CPU)
     progress: bool = True
 
     def identity(self, sha256: str, tile: int) -> dict[str, Any]:
         """What the outputs depend on: a folder holding another identity is another model's run."""
         overlap = self.overlap if self.overlap is not None else tile // 4
         return {"model_sha256": sha256, "tile_size": tile, "overlap": overlap, "margin": self.margin,
+                "precision": self.precision,
                 "score_threshold": self.score_threshold, "target_crs": self.target_crs,
                 "bands": list(self.bands) if self.bands else None}
+
+
+PRECISIONS = ("auto", "float32", "bf16")
+
+
+def inference_precision(name: str, device: torch.device) -> Precision:
+    """``auto``: ``evaluation.devices`` (bf16 autocast on CUDA, float32 elsewhere); ``float32``; ``bf16``: autocast
+    on any device (on CPUs with native bf16, e.g. AVX512-BF16 / AMX, about twice the float32 speed)."""
+    if name not in PRECISIONS:
+        raise ValueError(f"--precision {name!r}: use one of {PRECISIONS}")
+    if name == "auto":
+        return Precision.for_device(device)
+    return Precision(device.type, None if name == "float32" else torch.bfloat16)
 
 
 def _claim(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
@@ -169,7 +184,7 @@ def predict_scene(scene: scn.Scene, predictor: Predictor, cfg: PredictConfig, de
     overlap = cfg.overlap if cfg.overlap is not None else tile // 4
     resumed = _load_state(partial)
     state, valid_pixels = resumed or (StreamState(), 0)
-    precision = Precision.for_device(device)
+    precision = inference_precision(cfg.precision, device)
     start = time.perf_counter()
     with rasterio.Env(**GDAL_ENV), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -277,6 +292,7 @@ def predict(cfg: PredictConfig) -> dict:
     cfg = dataclasses.replace(cfg, model=Path(cfg.model), input=Path(cfg.input), out=Path(cfg.out),
                               labels=Path(cfg.labels) if cfg.labels else None)
     device = resolve_device(cfg.device)  # everything is validated before the weights are read
+    inference_precision(cfg.precision, device)
     meta = read_predictor_json(cfg.model)
     corpus = CorpusContract.from_dict(meta["corpus"], f"{cfg.model / 'predictor.json'} [corpus]")
     tile = int(meta["tile_size"])
