@@ -140,7 +140,7 @@ def official_arm(models_mae, batch: int, img_size: int) -> Callable[[], None]:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        float(loss)  # official logs loss.item() every step
+        loss.item()  # official logs loss.item() every step
 
     return step
 

@@ -211,6 +211,10 @@ def batch_plan(cfg: dict[str, Any], ctx: DistributedContext, batches_per_rank: i
 def pretrain(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run (or resume) MAE pretraining as configured; return a summary (steps, last loss, checkpoint path)."""
     run = cfg["run"]
+    if run.get("deterministic"):  # GPU: bit-exact reruns at a cost (see PRETRAIN.md); CPU runs are exact anyway
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any matmul
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     ctx = setup_distributed(run.get("device", "auto"))
     if run.get("threads"):
         torch.set_num_threads(int(run["threads"]))
