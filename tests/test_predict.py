@@ -246,6 +246,7 @@ def test_bad_inputs(model_dir, scenes, tmp_path):
         predict(_cfg(model_dir, nocrs, tmp_path / "o3"))
     summary = predict(_cfg(model_dir, nocrs, tmp_path / "o3", allow_ungeoreferenced=True))
     assert summary["totals"]["done"] == 1 and np.isnan(summary["scenes"][0]["km2_mapped"])
+    assert json.loads((tmp_path / "o3" / "summary.json").read_text())["scenes"][0]["km2_mapped"] is None
     eight_bit = write_scene(tmp_path / "u8.tif", 80, 80, dtype="uint8")
     with pytest.raises(ValueError, match="8-bit digital numbers but the model expects 11-bit"):
         predict(_cfg(model_dir, eight_bit, tmp_path / "o4"))
@@ -404,3 +405,21 @@ def test_bf16_precision_on_cpu_is_close_to_float32(model_dir, scenes, mapped, tm
     assert diff.max() <= 0.05 * 255 and diff.mean() < 0.01 * 255
     with pytest.raises(ValueError, match="--precision 'fp8'"):
         predict(_cfg(model_dir, scenes / "s8.tif", tmp_path / "x", precision="fp8"))
+
+
+def test_catalog_input_gives_bands_ids_and_dates(model_dir, tmp_path):
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    write_scene(folder / "a.tif", 70, 90, describe=False, seed=12)
+    write_scene(folder / "b.tif", 70, 90, bands=EIGHT, seed=13)
+    (tmp_path / "catalog.csv").write_text("path,scene_id,bands,acquired\n"
+                                          "archive/a.tif,A1,\"blue,green,red,nir\",2020-08-01T20:00:00Z\n"
+                                          "archive/b.tif,B1,,2019-07-02T21:00:00Z\n")
+    summary = predict(_cfg(model_dir, tmp_path / "catalog.csv", tmp_path / "out"))
+    records = {r["scene_id"]: r for r in summary["scenes"]}
+    assert records["A1"]["status"] == records["B1"]["status"] == "done"
+    assert records["A1"]["acquired"] == "2020-08-01T20:00:00Z" and records["B1"]["bands_used"] == list(BGRN)
+    import geopandas as gpd
+
+    polygons = gpd.read_parquet(tmp_path / "out" / "B1" / "polygons.parquet")
+    assert set(polygons["acquired"]) <= {"2019-07-02T21:00:00Z"} and set(polygons["scene_id"]) <= {"B1"}

@@ -38,10 +38,22 @@ EQUAL_AREA_CRS = "EPSG:6931"  # NSIDC EASE-Grid 2.0 North (Lambert azimuthal equ
 GDAL_ENV = {"GDAL_CACHEMAX": 64}  # MB: GDAL's block cache would otherwise grow with the scene while writing
 
 
+def _strict(value):
+    """NaN / inf -> None recursively: strict JSON (an undefined value reads as null)."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def atomic_json(path: Path, data: dict) -> None:
+    """Strict JSON (NaN -> null) written atomically: temp file in the same folder, fsync, rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
-        handle.write(json.dumps(data, indent=2, default=str) + "\n")
+        handle.write(json.dumps(_strict(data), indent=2, default=str, allow_nan=False) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
