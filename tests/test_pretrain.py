@@ -365,3 +365,21 @@ def test_resume_refuses_another_batch_corpus_or_model_unless_reshaped(shards, tm
     assert summary["start_step"] == 6 and summary["step"] == 8 and summary["steps_per_epoch"] == 8
     first = _metrics(out)[-2]
     assert first["step"] == 7 and first["lr"] == pytest.approx(1e-3 * 7 / 8)  # warmup: 1 epoch = 8 new steps
+
+
+def test_checkpoint_write_fsyncs_the_file_then_the_folder(tmp_path, monkeypatch):
+    import stat
+
+    from training.checkpoint import save_checkpoint
+
+    synced: list[bool] = []  # True: a directory
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    path = save_checkpoint({"step": torch.tensor(1)}, tmp_path, 1)
+    assert synced == [False, True] and path.name == "checkpoint-00000001.pt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-00000001.pt"]  # no temp file left
