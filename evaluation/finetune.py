@@ -62,7 +62,9 @@ METRICS_NAME = "metrics.json"
 TASKS = ("semantic", "instance")
 HEADLINE = {"semantic": "foreground_mean_f1", "instance": "instance_f1"}
 """The headline metric of a task: pixel F1 for semantic recipes, object F1 (IoU >= 0.5) for instance recipes."""
-CODE_DIRS = ("arctic_vit", "evaluation")
+CODE_GLOBS = ("arctic_vit/*.py", "evaluation/datasets/*.py", *(f"evaluation/{m}.py" for m in (
+    "backbones", "chip_eval", "devices", "finetune", "metrics", "models", "overlap", "prithvi", "tiling")))
+"""The source a run's scores depend on (reporting, comparison and demo code are not part of the run key)."""
 
 __all__ = ["evaluate", "load_recipe", "run", "run_dir", "train", "train_step"]
 
@@ -101,13 +103,12 @@ def weights_sha256(weights: str | None) -> str:
     return digest.hexdigest()
 
 
-def code_version() -> str:
-    """sha256 of the source of ``arctic_vit/`` and ``evaluation/`` (every ``.py``): any code change reruns."""
+def code_version(root: Path = REPO_ROOT, globs: tuple[str, ...] = CODE_GLOBS) -> str:
+    """sha256 of the source files a run's scores depend on (``CODE_GLOBS`` under ``root``): a change reruns."""
     digest = hashlib.sha256()
-    for folder in CODE_DIRS:
-        for f in sorted((REPO_ROOT / folder).rglob("*.py")):
-            digest.update(str(f.relative_to(REPO_ROOT)).encode())
-            digest.update(f.read_bytes())
+    for f in sorted({f for pattern in globs for f in root.glob(pattern)}):
+        digest.update(str(f.relative_to(root)).encode())
+        digest.update(f.read_bytes())
     return digest.hexdigest()[:16]
 
 

@@ -67,9 +67,13 @@ def test_results_table_parses_and_card_validates(demo):
     out, report = demo
     rows = [line for line in report.read_text().splitlines() if line.startswith("| semantic segmentation |")]
     assert len(rows) == 2 * 3  # quick size: 2 tasks x (curated, random subset, random init)
-    for row in rows:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert 0.0 <= float(cells[4].split(" ± ")[0]) <= 1.0
+    shown = sorted(row.strip("|").split("|")[4].strip().split(" ± ")[0] for row in rows)
+    measured = sorted(f"{r['value']:.3f}" for path in (out / "evaluation").glob("*/compare/model_card.json")
+                      for r in json.loads(path.read_text())["results"])
+    assert shown == measured  # the report shows what the runs measured
+    for path in (out / "evaluation").glob("*/compare/model_card.json"):
+        card_json = json.loads(path.read_text())
+        assert card_json["eval_split"] == "test" and card_json["n_eval_groups"] >= 1  # held-out scene(s)
     card = ModelCard.load(out / "export" / "mae_curated" / "README.md")
     assert card.data.library_name == "timm" and card.data.license
     assert {r.dataset_name for r in card.data.eval_results} == {"synthetic_iwp", "synthetic_rts"}

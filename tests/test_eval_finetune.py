@@ -18,6 +18,7 @@ from evaluation.datasets.card import card_from_dict
 from evaluation.devices import Precision, resolve_device, run_devices
 from evaluation.finetune import (
     build_model,
+    code_version,
     evaluate,
     load_recipe,
     make_batch,
@@ -49,7 +50,9 @@ def _recipe(name: str, card_overrides: dict, out: Path, *extra: str) -> dict:
     return cfg
 
 
-def test_finetune_reports_test_split_and_skips_only_an_identical_run(tmp_path, synthetic_card, one_torch_thread):
+def test_finetune_reports_test_split_and_skips_only_an_identical_run(tmp_path, synthetic_card, one_torch_thread,
+                                                                     monkeypatch):
+    monkeypatch.setattr("evaluation.finetune.code_version", lambda: "pinned")  # others may edit the shared tree
     cfg = _recipe("synthetic_rts_semantic", synthetic_card, tmp_path)
     metrics = run(cfg, "random_vit_tiny", seed=0)
     out = tmp_path / "synthetic_rts_semantic" / "random_vit_tiny" / "seed0"
@@ -85,6 +88,17 @@ def test_weights_key_is_the_content_not_the_path(tmp_path):
     assert weights_sha256(str(folder)) != first
     with pytest.raises(FileNotFoundError, match="--weights"):
         weights_sha256(str(tmp_path / "missing"))
+
+
+def test_code_version_follows_the_source(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    first = code_version(tmp_path, ("pkg/*.py",))
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    assert code_version(tmp_path, ("pkg/*.py",)) != first
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    assert code_version(tmp_path, ("pkg/*.py",)) == first
+    assert code_version() == code_version()  # the real tree: stable between two calls
 
 
 def test_lr_sweep_then_compare_grid_reports_intervals(tmp_path, synthetic_card, one_torch_thread):
