@@ -78,4 +78,4 @@ def test_results_table_parses_and_card_validates(demo):
     assert card.data.library_name == "timm" and card.data.license
     assert {r.dataset_name for r in card.data.eval_results} == {"synthetic_iwp", "synthetic_rts"}
     config = json.loads((out / "export" / "mae_curated" / "config.json").read_text())
-    assert f"| {config['arctic_vit']['bands'][0]} | {config['pretrained_cfg']['mean'][0]:.4f} |" in card.text
+    assert f"| {config['corpus']['bands'][0]} | {config['pretrained_cfg']['mean'][0]:.4f} |" in card.text
