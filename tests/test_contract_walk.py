@@ -45,8 +45,6 @@ def walk(tmp_path_factory) -> dict[str, Path]:
         "select.budget=12", "dask.scheduler=synchronous", "report.figures=false", "progress=false"])
     manifest = run_curation(cfg)
     paths = {"root": root, "manifest": Path(manifest), "curated": Path(manifest).parent / CONTRACT_FILENAME}
-    if not paths["curated"].is_file():
-        return paths  # the tests below skip, naming what is missing
     pack(root / "shards", manifest=manifest, shard_size=4)
     run = load_config(CONFIGS / "pretrain_demo.yaml", overrides=tiny_overrides(
         root / "shards", root / "run", **{"optim.epochs": 1, "optim.accum_iter": 1, "run.max_steps": 2,
@@ -56,15 +54,8 @@ def walk(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-def _require_curation_contract(walk: dict[str, Path]) -> CorpusContract:
-    if not walk["curated"].is_file():
-        pytest.skip(f"training.curate does not write {CONTRACT_FILENAME} beside the manifest yet (issue 12 A, "
-                    "curation part): the curate -> pack hop cannot be walked")
-    return CorpusContract.read(walk["curated"])
-
-
 def test_curation_to_pack_keeps_the_facts_and_adds_statistics(walk):
-    curated = _require_curation_contract(walk)
+    curated = CorpusContract.read(walk["curated"])  # written by training.curate beside the manifest
     assert not curated.has_stats  # curation knows bands, bit depth, GSD, nodata; pack measures mean/std
     shards = read_contract(walk["root"] / "shards")
     assert without_stats(shards) == curated
@@ -72,14 +63,12 @@ def test_curation_to_pack_keeps_the_facts_and_adds_statistics(walk):
 
 
 def test_pack_to_checkpoint_to_export_to_timm_is_one_contract(walk):
-    _require_curation_contract(walk)
     shards = read_contract(walk["root"] / "shards")
     checkpoint = CorpusContract.from_dict(load_checkpoint(walk["checkpoint"])["corpus"], str(walk["checkpoint"]))
     assert checkpoint == shards
 
     config_path = walk["export"] / "config.json"
-    if "corpus" not in json.loads(config_path.read_text()):
-        pytest.skip("arctic_vit.hub.export_folder does not write config.json['corpus'] yet (issue 12 A, core part)")
+    assert "corpus" in json.loads(config_path.read_text())  # the export keeps the contract once, under 'corpus'
     exported = CorpusContract.read(config_path)
     assert exported == checkpoint
 
