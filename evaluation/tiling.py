@@ -1,4 +1,6 @@
-"""Fixed-size views of samples for a ViT of fixed input size: random training crops and an evaluation tile grid.
+"""Fixed-size training views of samples for a ViT of fixed input size: random crops with flips, batched.
+
+Evaluation does not tile here: chips are predicted whole with ``evaluation.overlap`` (``evaluation.chip_eval``).
 
 Chips smaller than the tile are padded (image with 0, mask with ``IGNORE_INDEX``), so padding is never scored.
 Instances are cropped with their chip; an instance keeping fewer than ``min_pixels`` pixels in a view is dropped
@@ -66,14 +68,6 @@ def random_view(sample: dict, size: int, rng: np.random.Generator, flips: bool =
                 if view.instances is not None:
                     view.instances["masks"] = view.instances["masks"].flip(axis)
     return view
-
-
-def grid_views(sample: dict, size: int) -> list[View]:
-    """Non-overlapping ``size`` tiles covering the whole (padded) sample, row-major."""
-    h, w = sample["mask"].shape
-    sample = pad_to(sample, -(-h // size) * size, -(-w // size) * size)
-    ph, pw = sample["mask"].shape
-    return [crop(sample, r, c, size) for r in range(0, ph, size) for c in range(0, pw, size)]
 
 
 def stack(views: list[View]) -> dict:

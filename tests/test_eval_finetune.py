@@ -162,6 +162,15 @@ def test_bad_recipe_and_missing_cuda_raise(tmp_path, synthetic_card):
     assert Precision.for_device(torch.device("cpu")).dtype is None  # the CPU path stays float32
 
 
+def test_compare_spreads_runs_over_every_visible_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert run_devices("auto") == run_devices("cuda") == ["cuda:0", "cuda:1"]
+    assert run_devices("cuda:1") == ["cuda:1"] and run_devices("cpu") == ["cpu"]
+    with pytest.raises(ValueError, match="only 2 GPU"):
+        resolve_device("cuda:2")
+
+
 # --- the protocol's pieces with hand-computed answers ---------------------------------------------------------------
 
 
