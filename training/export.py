@@ -10,7 +10,6 @@ so ``arctic_vit.normalize_for(model)`` preprocesses new imagery exactly as in pr
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,12 +55,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, model_name
     if not model_name:
         raise ValueError(f"{path} records no model.encoder: pass export.model_name")
     img_size = int(config.get("data", {}).get("img_size", 224))
-    if "corpus" in inspect.signature(export_folder).parameters:
-        out = export_folder(model_name, state["model"], out_dir, corpus=contract, img_size=img_size)
-    else:  # a core without the corpus keyword: the same facts as pretrained_cfg entries
-        out = export_folder(model_name, state["model"], out_dir, img_size=img_size,
-                            pretrained_cfg={**contract.pretrained_cfg_fields(),
-                                            "input_size": (len(contract.bands), img_size, img_size)})
+    out = export_folder(model_name, state["model"], out_dir, corpus=contract, img_size=img_size)
     LOG.info("exported %s (step %s) as %s to %s", path, state.get("step"), model_name, out)
     return out
 
