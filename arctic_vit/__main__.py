@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true")
     push.add_argument("--token", help="hub token (default: the logged-in token / HF_TOKEN)")
 
-    cards = sub.add_parser("cards", help="rewrite the README tables and model_cards/ from the registry")
-    cards.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of python -m arctic_vit.registry_cards")
+    sub.add_parser("cards", add_help=False,
+                   help="rewrite the README tables and model_cards/ from the registry (python -m arctic_vit cards -h)")
     return parser
 
 
@@ -98,6 +98,9 @@ def run_export(overrides: Sequence[str]) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["cards"]:  # its own parser (python -m arctic_vit.registry_cards)
+        return cards_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "export":
@@ -107,8 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.exit(2, f"python -m arctic_vit export: error: {err}\n")
         print(f"exported to {out}")
         return 0
-    if args.command == "cards":
-        return cards_main(args.rest)
     result = push_folder(args.folder, args.repo_id, revision=args.revision, token=args.token, private=args.private)
     print(f"pushed {args.folder} to {result.repo_id} at commit {result.commit}")
     print(f"model.safetensors sha256 {result.sha256}")

@@ -15,6 +15,7 @@ import json
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ __all__ = [  # weights I/O names are re-exported from arctic_vit.weights for exi
 ]
 
 CARD_NAME = "README.md"
+PROCESSOR_CODE_NAME = "image_processing_arctic.py"
+PROCESSOR_CLASS = "ArcticImageProcessor"
 
 
 def _standard_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,6 +102,8 @@ def build_config(
         notes=list(contract_notes(contract)),
     )
     meta: dict[str, Any] = {"variant": variant, "weights_sha256": weights_sha256}
+    # transformers' AutoImageProcessor reads a timm folder's config.json: auto_map points it (trust_remote_code=True)
+    # at image_processing_arctic.py, which takes bands, bit depth and statistics from "corpus" below
     if training:
         meta["training"] = dict(training)
     return {
@@ -111,6 +116,7 @@ def build_config(
         "pretrained_cfg": pretrained_cfg,
         CORPUS_KEY: contract.to_dict(),
         METADATA_KEY: meta,
+        "auto_map": {"AutoImageProcessor": f"{Path(PROCESSOR_CODE_NAME).stem}.{PROCESSOR_CLASS}"},
     }
 
 
@@ -200,6 +206,7 @@ def export_folder(
     if isinstance(results, (str, Path)):
         results = load_results(results)
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=_json_default) + "\n")
+    (out / PROCESSOR_CODE_NAME).write_text(resources.files(__package__).joinpath("hf_processor.py").read_text())
     (out / CARD_NAME).write_text(card if card is not None else render_model_card(config, results))
     return out
 

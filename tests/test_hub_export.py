@@ -51,7 +51,8 @@ def _mae_checkpoint(encoder: torch.nn.Module) -> dict:
 
 
 def test_folder_layout_and_config(folder, source):
-    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "README.md"}
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "README.md",
+                                                  "image_processing_arctic.py"}
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "vit_tiny_patch16_224"
     assert "num_classes" not in config["model_args"]

@@ -224,6 +224,7 @@ def test_core_module_graph_has_no_cycle_and_no_hidden_imports():
     assert not cycles, f"import cycle through {cycles}: {graph}"
     assert _closure(graph, "weights") <= {"corpus", "bands", "transforms", "releases"}, graph["weights"]
     assert _closure(graph, "card") == set(), graph["card"]  # rendering is pure
+    assert _closure(graph, "hf_processor") == set()  # copied into exports: must stand alone
     assert "hub" in graph["registry_cards"] and "card" in graph["hub"]
 
 
