@@ -423,3 +423,44 @@ def test_catalog_input_gives_bands_ids_and_dates(model_dir, tmp_path):
 
     polygons = gpd.read_parquet(tmp_path / "out" / "B1" / "polygons.parquet")
     assert set(polygons["acquired"]) <= {"2019-07-02T21:00:00Z"} and set(polygons["scene_id"]) <= {"B1"}
+
+
+@pytest.mark.slow
+def test_sigkilled_cli_run_resumes_to_identical_outputs(model_dir, tmp_path):
+    """A real kill (SIGKILL of the CLI process after its first checkpoints), then the same command again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_scene(folder / "k.tif", 420, 300, collar=30, seed=21)
+    command = [sys.executable, "-m", "evaluation.predict", "--model", str(model_dir), "--input", str(folder),
+               "--device", "cpu", "--threads", "1", "--checkpoint-seconds", "0", "--no-progress"]
+    repo = Path(__file__).resolve().parents[1]
+    reference = subprocess.run([*command, "--out", str(tmp_path / "ref")], capture_output=True, text=True,
+                               timeout=600, check=False, cwd=repo)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    out = tmp_path / "out"
+    process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               cwd=repo)
+    progress = out / "k" / ".partial" / "progress.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if progress.is_file() and json.loads(progress.read_text())["next_row"] >= 2:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not (out / "k" / "scene.json").exists()
+    resumed = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=600, check=False,
+                             cwd=repo)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    record = json.loads((out / "k" / "scene.json").read_text())
+    assert record["resumed_from_row_index"] >= 2
+    for name in ("class.tif", "prob.tif"):
+        with rasterio.open(out / "k" / name) as a, rasterio.open(tmp_path / "ref" / "k" / name) as b:
+            np.testing.assert_array_equal(a.read(), b.read())
