@@ -217,3 +217,19 @@ def test_deprecated_pretrained_cfg_keyword_still_exports(source, tmp_path):
             mean=(0.1, 0.2, 0.3, 0.4), std=(0.2,) * 4, bit_depth=8, input_size=(4, 64, 64)))
     contract = CorpusContract.read(out / "config.json")
     assert contract.bit_depth == 8 and contract.bands == ("blue", "green", "red", "nir")
+
+
+def test_full_mae_checkpoint_loads_as_an_encoder_through_the_file_overlay(source, tmp_path):
+    """An official-layout MAE training checkpoint (encoder + decoder_* + mask_token + args) is filtered, then loaded
+    strictly: into an arctic model through pretrained_cfg_overlay=dict(file=...), into a stock timm ViT (an
+    ImageNet-style baseline) through dict(state_dict=filter_encoder_state_dict(load_checkpoint(...)))."""
+    ckpt = tmp_path / "checkpoint-799.pth"
+    torch.save(_mae_checkpoint(source), ckpt)
+    model = timm.create_model(NAME, pretrained=True, img_size=64, pretrained_cfg_overlay=dict(file=str(ckpt)))
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    state = filter_encoder_state_dict(arctic_vit.hub.load_checkpoint(ckpt))
+    stock = timm.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=0, in_chans=4, img_size=64,
+                              pretrained_cfg_overlay=dict(state_dict=state))
+    x = torch.randn(1, 4, 64, 64)
+    torch.testing.assert_close(stock.eval()(x), source(x))
