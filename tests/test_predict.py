@@ -464,3 +464,34 @@ def test_sigkilled_cli_run_resumes_to_identical_outputs(model_dir, tmp_path):
     for name in ("class.tif", "prob.tif"):
         with rasterio.open(out / "k" / name) as a, rasterio.open(tmp_path / "ref" / "k" / name) as b:
             np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_scoring_against_vector_labels(model_dir, scenes, tmp_path):
+    """The map's own polygons as vector labels (class names, scene CRS): every F1 is exactly 1; and two touching
+    label polygons stay two objects."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    out = tmp_path / "o"
+    predict(_cfg(model_dir, scenes / "s8.tif", out, target_crs=None))
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    polygons = gpd.read_parquet(out / "s8" / "polygons.parquet")
+    polygons[["class", "geometry"]].to_file(labels / "s8.gpkg")
+    shutil.rmtree(out)
+    summary = predict(_cfg(model_dir, scenes / "s8.tif", out, target_crs=None, labels=labels))
+    scores = summary["scenes"][0]["scores"]
+    assert scores["objects"]["ground_truth"] == scores["objects"]["predicted"] == len(polygons)
+    assert scores["pixel_f1"] == scores["object_f1"] == scores["delineation_f1"] == 1.0
+
+    from evaluation.predict.score import vector_labels
+
+    with rasterio.open(scenes / "s8.tif") as src:
+        x0, y0 = src.transform * (10, 10)
+        touching = gpd.GeoDataFrame({"class_id": [1, 1]}, geometry=[box(x0, y0 - 5, x0 + 5, y0),
+                                                                     box(x0 + 5, y0 - 5, x0 + 10, y0)], crs=src.crs)
+        touching.to_parquet(tmp_path / "t.parquet")
+        target, objects = vector_labels(tmp_path / "t.parquet", CLASSES, src.crs, src.transform, src.height,
+                                        src.width)
+    assert len(objects) == 2 and [o.mask.sum() for o in objects] == [100, 100]  # 5 m = 10 px at 0.5 m
+    assert (target == 1).sum() == 200
