@@ -280,10 +280,14 @@ def _scene_task(scene: scn.Scene, cfg: PredictConfig) -> dict:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         return predict_scene(scene, _PREDICTORS[key], cfg, device)
-    except (RasterioError, OSError, ValueError, RuntimeError) as err:
-        log.warning("scene %s failed: %s", scene.scene_id, err)
-        return {"scene_id": scene.scene_id, "path": str(scene.path), "status": "failed",
-                "reason": f"{type(err).__name__}: {err}"}
+    except Exception as err:  # recorded with its reason (the CLI exits 1); the other scenes go on
+        return _failed(scene, err)
+
+
+def _failed(scene: scn.Scene, err: BaseException) -> dict:
+    log.warning("scene %s failed: %s: %s", scene.scene_id, type(err).__name__, err)
+    return {"scene_id": scene.scene_id, "path": str(scene.path), "status": "failed",
+            "reason": f"{type(err).__name__}: {err}"}
 
 
 def predict(cfg: PredictConfig) -> dict:
@@ -327,10 +331,13 @@ def predict(cfg: PredictConfig) -> dict:
 
         with dask_client({"scheduler": cfg.scheduler, "n_workers": cfg.n_workers, "threads_per_worker": 1,
                           "memory_limit": "4GiB"}) as client:
-            futures = [client.submit(_scene_task, scene, dataclasses.replace(cfg, progress=False), pure=False)
-                       for scene in scenes]
+            futures = {client.submit(_scene_task, scene, dataclasses.replace(cfg, progress=False), pure=False): scene
+                       for scene in scenes}
             for future in as_completed(futures):
-                records.append(future.result())
+                try:
+                    records.append(future.result())
+                except Exception as err:  # a worker lost (e.g. killed for memory): recorded, the others go on
+                    records.append(_failed(futures[future], err))
                 bar.update(1)
     bar.close()
     order = {s.scene_id: i for i, s in enumerate(scenes)}
