@@ -1,4 +1,4 @@
-"""Command line of the core: ``python -m arctic_vit {export,push,cards}``.
+"""Command line of the core: ``python -m arctic_vit {export,export-onnx,push,cards}``.
 
 ``export`` takes the same ``export.key=value`` overrides as ``python -m training.export`` (values parsed as YAML).
 ``training.export`` exports this project's own pretraining checkpoints, whose corpus contract travels inside them;
@@ -22,6 +22,7 @@ import yaml
 
 from .corpus import CORPUS_KEY, ContractError, CorpusContract
 from .hub import export_folder, push_folder
+from .onnx_export import DEFAULT_OPSET, export_onnx
 from .registry_cards import main as cards_main
 
 EXPORT_KEYS: dict[str, str] = {
@@ -33,6 +34,13 @@ EXPORT_KEYS: dict[str, str] = {
               "(required)",
     "img_size": "resolution of the weights (default: from the position embedding)",
     "gsd_m": "ground sample distance in metres, when the contract file has none",
+}
+
+ONNX_KEYS: dict[str, str] = {
+    "folder": "export folder (python -m arctic_vit export / training.export) (required)",
+    "out": "output .onnx file (required)",
+    "opset": f"ONNX opset (default {DEFAULT_OPSET})",
+    "img_size": "tile size of the graph's example input and of Deepness' tiles_size (default: the export's)",
 }
 
 
@@ -74,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     export.add_argument("overrides", nargs="*", metavar="export.KEY=VALUE")
 
+    onnx = sub.add_parser(
+        "export-onnx", help="export folder -> ONNX encoder (dynamic batch, opset named, QGIS Deepness metadata)",
+        description="keys:\n" + "\n".join(f"  onnx.{k}: {v}" for k, v in ONNX_KEYS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    onnx.add_argument("overrides", nargs="*", metavar="onnx.KEY=VALUE")
+
     push = sub.add_parser("push", help="upload an export folder to the Hugging Face Hub (upload_folder)")
     push.add_argument("--folder", required=True)
     push.add_argument("--repo-id", required=True, help="ORG/NAME")
@@ -109,6 +123,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, FileNotFoundError) as err:  # ContractError is a ValueError
             parser.exit(2, f"python -m arctic_vit export: error: {err}\n")
         print(f"exported to {out}")
+        return 0
+    if args.command == "export-onnx":
+        try:
+            options = parse_overrides(args.overrides, "onnx", ONNX_KEYS)
+            missing = [f"onnx.{k}" for k in ("folder", "out") if options.get(k) is None]
+            if missing:
+                raise ValueError(f"missing required key(s) {missing}")
+            out = export_onnx(options["folder"], options["out"], opset=int(options.get("opset") or DEFAULT_OPSET),
+                              img_size=options.get("img_size"))
+        except (ValueError, FileNotFoundError) as err:
+            parser.exit(2, f"python -m arctic_vit export-onnx: error: {err}\n")
+        print(f"exported ONNX encoder to {out}")
         return 0
     result = push_folder(args.folder, args.repo_id, revision=args.revision, token=args.token, private=args.private)
     print(f"pushed {args.folder} to {result.repo_id} at commit {result.commit}")
