@@ -18,6 +18,8 @@ from arctic_vit.corpus import CONTRACT_FILENAME, CorpusContract
 from training.config import load_config
 from training.curate import run_curation
 from training.curate.descriptors import DESCRIPTOR_NAMES, GROUPS, invalid_descriptor_rows
+from training.curate.pipeline import CONTRACT_FILENAME as PIPELINE_CONTRACT_FILENAME
+from training.curate.pipeline import check_band_names
 from training.curate.tiling import Source, process_scene
 from training.curate.validate import ConfigError, validate_config
 from training.synthetic import generate_archive
@@ -49,8 +51,8 @@ def test_float_raster_is_not_rescaled_as_dns(tmp_path):
     reflectance = _texture(0)
     path = _write(tmp_path / "refl.tif", reflectance)
     result = process_scene(Source(str(path), "refl"), _cfg())
-    assert all(row["reject_reason"] is None for row in result.rows), "0-1 floats are not low-information"
-    assert {row["bit_depth"] for row in result.rows} == {0}, "a float raster has no DN bit depth"
+    assert result.rows["reject_reason"].isna().all(), "0-1 floats are not low-information"
+    assert set(result.rows["bit_depth"]) == {0}, "a float raster has no DN bit depth"
     mean = DESCRIPTOR_NAMES.index("blue_mean")
     assert result.descriptors[:, mean] == pytest.approx(0.275, abs=0.01), "blue mean in reflectance, not /2047"
     # the same scene stored as reflectance x 10000: input.scale=10000 gives the same descriptors
@@ -66,21 +68,31 @@ def test_read_error_keeps_the_gdal_cause(tmp_path):
     (tmp_path / "truncated.tif").write_bytes(raw[: len(raw) // 3])
     result = process_scene(Source(str(tmp_path / "truncated.tif"), "t"), _cfg("tiling.chip_size=256",
                                                                               "tiling.stride=256"))
-    errors = [row["reject_reason"] for row in result.rows if (row["reject_reason"] or "").startswith("read_error")]
+    reasons = result.rows["reject_reason"].dropna()
+    errors = reasons[reasons.str.startswith("read_error")].tolist()
     assert errors, "the truncated scene has unreadable chips"
     assert all("TIFFRead" in e or "IReadBlock" in e for e in errors), errors[0]
 
 
 def test_smaller_than_chip_records_the_true_band_count(tmp_path):
     path = _write(tmp_path / "small.tif", np.ones((4, 32, 32), np.uint16))
-    row = process_scene(Source(str(path), "small"), _cfg()).rows[0]
+    row = process_scene(Source(str(path), "small"), _cfg()).rows.iloc[0]
     assert row["reject_reason"].startswith("smaller_than_chip") and row["band_count"] == 4
 
 
 def test_unknown_band_names_fail_at_curation_naming_the_file(tmp_path):
     path = _write(tmp_path / "five.tif", np.ones((5, 64, 64), np.uint16))
+    rows = process_scene(Source(str(path), "five"), _cfg("input.band_counts=[3,4,5,8]")).rows
     with pytest.raises(ValueError, match=r"five\.tif.*unknown band name.*input\.band_names\.5"):
-        process_scene(Source(str(path), "five"), _cfg("input.band_counts=[3,4,5,8]"))
+        check_band_names(rows)  # run_curation calls it on each scene's rows as they arrive
+
+
+def test_dask_workers_do_not_import_torch():
+    """A scene task imports training.curate; arctic_vit imports torch (~1 GB RSS), which paused 1 GiB workers."""
+    code = "import sys, training.curate.tiling, training.curate.pipeline; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    assert PIPELINE_CONTRACT_FILENAME == CONTRACT_FILENAME
 
 
 @pytest.mark.parametrize(("override", "key"), [

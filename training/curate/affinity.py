@@ -411,7 +411,7 @@ def hierarchical_ap(
             for a, b in chunks
         ]
         if client is not None:
-            local = client.gather(client.map(_partition_ap_star, args, pure=False))
+            local = _on_workers(client, _partition_ap_star, args)
         else:
             local = [_partition_ap_star(arg) for arg in args]
         if progress:
@@ -601,6 +601,29 @@ def _top_level(
     return best[1], best[2]
 
 
+def _on_workers(client, fn: Callable, args: list, retries: int = 3) -> list:
+    """fn over args on Dask workers -> results in input order.
+
+    The arguments are scattered (sent to the workers as data, not embedded in the task graph). Scattered data dies
+    with its worker, so a task that fails (its worker killed, its data lost) is re-scattered and re-run, up to
+    ``retries`` times, then an error names it. Tasks are pure: a re-run gives the same result.
+    """
+    # hash=False: fresh keys, so data equal to an earlier call's (being released) is never shared with it
+    futures = [client.submit(fn, data, pure=False) for data in client.scatter(args, hash=False)]
+    results = []
+    for i, future in enumerate(futures):
+        for attempt in range(retries + 1):
+            try:
+                results.append(future.result())
+                break
+            except Exception as err:  # KilledWorker, lost scattered data, a cancelled future ...
+                if attempt == retries:
+                    raise RuntimeError(f"{fn.__name__} task {i} of {len(args)} failed {retries + 1} times on the "
+                                       f"Dask workers: {type(err).__name__}: {err}") from err
+                future = client.submit(fn, client.scatter([args[i]], hash=False)[0], pure=False)
+    return results  # the futures (and the scattered data) are released when they go out of scope
+
+
 def nearest_exemplar(x: np.ndarray, exemplars: np.ndarray, chunk: int = 32768) -> np.ndarray:
     """x: (n, d), exemplars: (K,) indices -> (n,) cluster id 0..K-1 of the nearest exemplar (exemplars map to self)."""
     centres = x[exemplars]
@@ -663,7 +686,7 @@ def _split_clusters(
     if current:
         groups.append(current)
     if client is not None:
-        results = [r for group in client.gather(client.map(_split_clusters_star, groups, pure=False)) for r in group]
+        results = [r for group in _on_workers(client, _split_clusters_star, groups) for r in group]
     else:
         results = [r for group in groups for r in _split_clusters_star(group)]
     return np.sort(np.concatenate([m[local] for m, local in zip(members, results)]))
@@ -740,7 +763,7 @@ def polish_exemplars(
         meta.append((ks, pts))
     groups = [jobs[i : i + 4] for i in range(0, len(jobs), 4)]
     if client is not None:
-        results = [r for group in client.gather(client.map(_polish_star, groups, pure=False)) for r in group]
+        results = [r for group in _on_workers(client, _polish_star, groups) for r in group]
     else:
         results = [r for group in groups for r in _polish_star(group)]
     keep = np.ones(K, bool)

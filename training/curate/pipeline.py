@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from arctic_vit.bands import validate_bands
-from arctic_vit.corpus import CONTRACT_FILENAME, CorpusContract
 from training.config import write_resolved
 from training.curate.affinity import hierarchical_ap
 from training.curate.descriptors import DESCRIPTOR_NAMES, METADATA_NAMES, invalid_descriptor_rows, standardise
@@ -33,8 +31,11 @@ from training.curate.tiling import SceneResult, Source, discover, process_scene
 from training.curate.validate import validate_config
 
 log = logging.getLogger(__name__)
+CONTRACT_FILENAME = "corpus.json"  # must equal arctic_vit.corpus.CONTRACT_FILENAME (tested); arctic_vit imports
+# torch, so this module (imported by every Dask worker that runs a scene) imports it only inside functions
 MANIFEST_NAME = "manifest.parquet"
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
+MANIFEST_ROW_GROUP = 100_000  # rows per Parquet row group: readers (pack) stream the manifest group by group
 
 
 @contextlib.contextmanager
@@ -81,15 +82,14 @@ def _load_cached(cache: Path, key: str) -> SceneResult | None:
     rows_path, desc_path = cache / f"{key}.parquet", cache / f"{key}.npy"
     if not (rows_path.exists() and desc_path.exists()):
         return None
-    rows = pd.read_parquet(rows_path).to_dict(orient="records")
-    return SceneResult(rows=rows, descriptors=np.load(desc_path, allow_pickle=False))
+    return SceneResult(rows=pd.read_parquet(rows_path), descriptors=np.load(desc_path, allow_pickle=False))
 
 
 def _store_cached(cache: Path, key: str, result: SceneResult) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f"{key}.tmp"
     np.save(tmp.with_suffix(".tmp.npy"), result.descriptors, allow_pickle=False)
-    pd.DataFrame(result.rows).to_parquet(tmp.with_suffix(".tmp.parquet"), index=False)
+    result.rows.to_parquet(tmp.with_suffix(".tmp.parquet"), index=False)
     os.replace(tmp.with_suffix(".tmp.npy"), cache / f"{key}.npy")
     os.replace(tmp.with_suffix(".tmp.parquet"), cache / f"{key}.parquet")
 
@@ -112,6 +112,7 @@ def _process_sources(sources: list[Source], cfg: dict, catalog: dict, out: Path,
     if client is None:
         for i, source, row, key in todo:
             results[i] = process_scene(source, cfg, row)
+            check_band_names(results[i].rows)
             _store_cached(cache, key, results[i])
             bar.update()
     else:
@@ -121,6 +122,7 @@ def _process_sources(sources: list[Source], cfg: dict, catalog: dict, out: Path,
         for future in as_completed(futures):
             i, key = futures[future]
             results[i] = future.result()
+            check_band_names(results[i].rows)
             _store_cached(cache, key, results[i])
             bar.update()
     bar.close()
@@ -179,7 +181,7 @@ def run_curation(cfg: dict) -> Path:
         t0 = time.perf_counter()
         results = _process_sources(sources, cfg, catalog, out, client)
         t_tiles = time.perf_counter() - t0
-        manifest = pd.DataFrame([row for r in results for row in r.rows])
+        manifest = pd.concat([r.rows for r in results], ignore_index=True)  # columnar per scene, no row dicts
         raw = np.concatenate([r.descriptors for r in results if r.descriptors is not None and len(r.descriptors)]
                              or [np.zeros((0, len(DESCRIPTOR_NAMES)), np.float32)])
         accepted = np.flatnonzero(manifest["reject_reason"].isna().to_numpy())
@@ -188,6 +190,8 @@ def run_curation(cfg: dict) -> Path:
         keep = np.ones(len(accepted), bool)
         wanted = cfg["select"].get("bands")
         if wanted:  # one band set out of several sources
+            from arctic_vit.bands import validate_bands
+
             wanted = ",".join(validate_bands(str(wanted)))
             other = manifest["bands"].to_numpy()[accepted] != wanted
             manifest.loc[accepted[other], "reject_reason"] = f"band_set: not select.bands={wanted}"
@@ -217,7 +221,7 @@ def run_curation(cfg: dict) -> Path:
     if contract is None:
         log.warning("no chip selected: no %s written", CONTRACT_FILENAME)
     manifest_path = out / MANIFEST_NAME
-    manifest.to_parquet(manifest_path, index=False)
+    manifest.to_parquet(manifest_path, index=False, row_group_size=MANIFEST_ROW_GROUP)
     if contract is not None:
         contract.write(out / CONTRACT_FILENAME)
     descriptors = pd.DataFrame(raw, columns=DESCRIPTOR_NAMES)
@@ -234,7 +238,20 @@ def run_curation(cfg: dict) -> Path:
     return manifest_path
 
 
-def corpus_contract(selected: pd.DataFrame) -> CorpusContract | None:
+def check_band_names(rows: pd.DataFrame) -> None:
+    """One scene's rows -> ValueError naming the file when its band names are not canonical (at curation, not at
+    training)."""
+    from arctic_vit.bands import validate_bands
+
+    for bands, path, count in rows.loc[rows["bands"] != "", ["bands", "source_path", "band_count"]].drop_duplicates(
+            "bands").itertuples(index=False):
+        try:
+            validate_bands(bands)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}; name them with input.band_names.{count}=...") from None
+
+
+def corpus_contract(selected: pd.DataFrame):  # -> arctic_vit.corpus.CorpusContract | None
     """Manifest rows (the selected chips) -> ``CorpusContract(bands, bit_depth, gsd_m=median, nodata)`` (no
     statistics: pack adds them); None for no rows. Disagreeing bands / bit depth / nodata: an error naming two
     sources."""
@@ -251,6 +268,8 @@ def corpus_contract(selected: pd.DataFrame) -> CorpusContract | None:
     if bit_depth == 0:
         raise ValueError(f"{selected['source_path'].iloc[0]}: float raster with no bit depth: set input.bit_depth "
                          "(the corpus contract normalises DN / (2**bit_depth - 1))")
+    from arctic_vit.corpus import CorpusContract
+
     gsd = selected["gsd_m"].to_numpy(np.float64)
     gsd = gsd[np.isfinite(gsd)]
     nodata = float(selected["nodata"].iloc[0])

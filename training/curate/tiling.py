@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
-from arctic_vit.bands import validate_bands
 from training.curate.descriptors import DESCRIPTOR_NAMES, core_band_index, metadata_descriptor, pixel_descriptors
 from training.curate.metadata import AcquisitionMeta, read_acquisition
 
@@ -44,7 +44,7 @@ class Source:
 
 @dataclass
 class SceneResult:
-    rows: list[dict] = field(default_factory=list)  # manifest rows (all candidates + source-level rejects)
+    rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # manifest rows (candidates + source rejects), columnar
     descriptors: np.ndarray | None = None  # (n_accepted, D) for rows with reject_reason None, in row order
 
 
@@ -119,7 +119,8 @@ def _source_reject(source: Source, reason: str, **extra) -> SceneResult:
     row = empty_row(source)
     row.update(extra)
     row["reject_reason"] = reason
-    return SceneResult(rows=[row], descriptors=np.zeros((0, len(DESCRIPTOR_NAMES)), np.float32))
+    empty = np.zeros((0, len(DESCRIPTOR_NAMES)), np.float32)
+    return SceneResult(rows=pd.DataFrame.from_records([row]), descriptors=empty)
 
 
 def empty_row(source: Source) -> dict:
@@ -162,11 +163,7 @@ def _process_scene(source: Source, cfg: dict, catalog_row: dict | None) -> Scene
         if src.height < chip_size or src.width < chip_size:
             return _source_reject(source, f"smaller_than_chip: {src.height}x{src.width} < {chip_size}",
                                   band_count=src.count)
-        bands = _band_names(src, is_image, cfg)
-        try:
-            validate_bands(bands)
-        except ValueError as err:  # caught here, at curation, not at training
-            raise ValueError(f"{source.path}: {err}; name them with input.band_names.{src.count}=...") from None
+        bands = _band_names(src, is_image, cfg)  # validated on the client (pipeline.check_band_names)
         bit_depth = _bit_depth(src, is_image, cfg)
         crs = src.crs.to_string() if src.crs else None
         issues = list(meta.issues)
@@ -216,7 +213,9 @@ def _process_scene(source: Source, cfg: dict, catalog_row: dict | None) -> Scene
         if pending:
             descs.extend(_describe_batch(pending, nodata, scale, steps, core_index, tiling))
     empty = np.zeros((0, len(DESCRIPTOR_NAMES)), np.float32)
-    return SceneResult(rows=rows, descriptors=np.stack(descs).astype(np.float32) if descs else empty)
+    # one scene's rows become columns here, on the worker: the client never holds per-row Python objects
+    return SceneResult(rows=pd.DataFrame.from_records(rows), descriptors=np.stack(descs).astype(np.float32) if descs
+                       else empty)
 
 
 def _describe_batch(pending, nodata, scale, steps, core_index, tiling) -> list[np.ndarray]:

@@ -13,7 +13,6 @@ from typing import Any
 
 import yaml
 
-from arctic_vit.bands import validate_bands
 from training.curate.affinity import validate_ap_args
 from training.curate.select import WITHIN
 
@@ -63,6 +62,8 @@ def _get(cfg: dict, dotted: str) -> Any:
 
 def validate_config(cfg: dict) -> None:
     """Raise ConfigError for the first bad key of a resolved curation config (defaults + overrides merged)."""
+    from arctic_vit.bands import validate_bands  # here: arctic_vit imports torch, Dask workers must not
+
     defaults = yaml.safe_load(DEFAULTS.read_text())
     _unknown_keys(cfg, defaults)
     inp = cfg["input"]
