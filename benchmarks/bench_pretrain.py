@@ -230,6 +230,7 @@ def main() -> int:
     parser.add_argument("--shards", type=Path, default=None, help="shard folder (default: synthetic 256 px)")
     parser.add_argument("--official-mae", type=Path, default=None, help="local facebookresearch/mae checkout")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile arms")
+    parser.add_argument("--arms", default=None, help="comma-separated subset of arms (fp32_eager always runs)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -246,6 +247,9 @@ def main() -> int:
         if not args.no_compile:
             arms["bf16_compile"] = engine_arm("bf16", True, "auto", args.batch, args.img_size)
             arms["bf16_compile_fused"] = engine_arm("bf16", True, "fused", args.batch, args.img_size)
+    if args.arms:
+        keep = {*args.arms.split(","), "fp32_eager"}
+        arms = {name: step for name, step in arms.items() if name in keep}
     fast = "bf16_compile" if "bf16_compile" in arms else ("bf16_eager" if bf16 else
                                                           ("fp32_compile" if "fp32_compile" in arms else "fp32_eager"))
     times = paired_rounds(arms, args.rounds, args.warmup)
