@@ -62,3 +62,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread_per_module():
+    """``one_torch_thread`` for a whole module (``pytestmark = pytest.mark.usefixtures(...)``); restored after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

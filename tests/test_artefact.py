@@ -24,13 +24,8 @@ CLASSES = ("background", "iwp")
 TILE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small models on a shared 2-core machine run several times faster on one thread (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# small models on a shared 2-core machine run several times faster on one thread
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 def _card() -> DatasetCard:

@@ -50,13 +50,8 @@ def write_scene(path: Path, height: int, width: int, bands=BGRN, collar: int = 0
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small models on a shared 2-core machine run several times faster on one thread (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# small models on a shared 2-core machine run several times faster on one thread
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 @pytest.fixture(scope="module")
