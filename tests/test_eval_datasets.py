@@ -261,3 +261,24 @@ def test_real_maple_chips_load_with_both_classes():
     assert sample["image"].shape == (3, 656, 656)
     assert len(sample["instances"]["labels"]) > 0
     assert all(r.reason.startswith("degenerate") for r in train.rejects)
+
+
+def test_concurrent_generation_of_a_synthetic_card_gives_one_complete_copy(tmp_path):
+    """compare's process pool may build one card from several workers at once: each sees a complete folder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evaluation.datasets.card import load_card
+    from evaluation.datasets.synthetic_tasks import ensure_generated
+
+    overrides = {"root": str(tmp_path / "rts"),
+                 "generate": {"scenes_dir": str(tmp_path / "scenes"), "scenes": 2, "size": 256, "zone_size": 128,
+                              "chip_size": 64}}
+    card = load_card("evaluation/datasets/cards/synthetic_rts.yaml", overrides)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda _: ensure_generated(card), range(3)))
+    images = sorted(p.name for p in (tmp_path / "rts").glob("*.tif") if not p.name.endswith(".labels.tif"))
+    labels = sorted(p.name for p in (tmp_path / "rts").glob("*.labels.tif"))
+    assert images and labels == [name[: -len(".tif")] + ".labels.tif" for name in images]
+    assert sorted(p.name for p in (tmp_path / "scenes").glob("scene_*.tif") if ".labels" not in p.name) == [
+        "scene_000.tif", "scene_001.tif"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # losers' temp folders removed

@@ -10,6 +10,10 @@ class are all kept, plus as many chips without it (negatives), so the result is 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -77,21 +81,44 @@ def _write_pair(scene: Path, row: int, col: int, size: int, class_id: int, stem:
 
 
 def ensure_generated(card: DatasetCard) -> DatasetCard:
-    """Generate a synthetic card's chips under ``card.root`` if they are not there yet (cards with ``generate``)."""
+    """Generate a synthetic card's chips under ``card.root`` if they are not there yet (cards with ``generate``).
+
+    Safe under concurrency (``compare`` runs one process per device): scenes and chips are written into a private
+    temporary folder and renamed into place whole, so a folder that exists is complete; a process that loses the
+    race discards its copy.
+    """
     if card.generate is None or (card.root.is_dir() and any(card.root.glob("*.labels.tif"))):
         return card
     from training.synthetic import generate_archive  # the curation stage's generator (labels contract)
 
     spec = card.generate
     scenes_dir = resolve_path(spec.get("scenes_dir", card.root.parent / "scenes"))
-    scenes = sorted(p for p in scenes_dir.glob("scene_*.tif") if not p.name.endswith(".labels.tif")) \
-        if scenes_dir.is_dir() else []
-    if not scenes:
-        scenes = generate_archive(scenes_dir, n_scenes=int(spec.get("scenes", 2)), size=int(spec.get("size", 512)),
-                                  seed=int(spec.get("seed", 0)), labels=True,
-                                  zone_size=int(spec.get("zone_size", 256)))
-    cut_task_chips(scenes, spec["task"], card.root, int(spec.get("chip_size", 128)), seed=int(spec.get("seed", 0)))
+    _build_once(scenes_dir, lambda tmp: generate_archive(
+        tmp, n_scenes=int(spec.get("scenes", 2)), size=int(spec.get("size", 512)), seed=int(spec.get("seed", 0)),
+        labels=True, zone_size=int(spec.get("zone_size", 256))))
+    scenes = sorted(p for p in scenes_dir.glob("scene_*.tif") if not p.name.endswith(".labels.tif"))
+    _build_once(card.root, lambda tmp: cut_task_chips(scenes, spec["task"], tmp, int(spec.get("chip_size", 128)),
+                                                      seed=int(spec.get("seed", 0))))
     return card
+
+
+def _build_once(target: Path, build: Callable[[Path], object]) -> None:
+    """Run ``build(tmp)`` into a private sibling folder and rename it to ``target`` unless ``target`` exists."""
+    if target.is_dir() and any(target.iterdir()):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        build(tmp)
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()  # an empty placeholder is not a finished build
+        os.rename(tmp, target)
+    except OSError:
+        if not (target.is_dir() and any(target.iterdir())):
+            raise  # not a lost race: a real error
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
