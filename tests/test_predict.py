@@ -490,3 +490,24 @@ def test_scoring_against_vector_labels(model_dir, scenes, tmp_path):
                                         src.width)
     assert len(objects) == 2 and [o.mask.sum() for o in objects] == [100, 100]  # 5 m = 10 px at 0.5 m
     assert (target == 1).sum() == 200
+
+
+def test_bit_depth_is_checked_and_an_untagged_uint16_scene_is_warned_about(tmp_path):
+    """NBITS 11 on an 11-bit model: silent; 8-bit data: refused; uint16 without NBITS: a warning in the summary."""
+    from evaluation.predict import scenes as scn
+
+    tagged = write_scene(tmp_path / "tagged.tif", 64, 64)
+    (scene,) = scn.discover(tagged)
+    assert scn.inspect(scene, BGRN, 11, False).warnings == []
+    with pytest.raises(scn.SceneError, match="11-bit"):
+        scn.inspect(scn.discover(tagged)[0], BGRN, 8, False)
+    untagged = tmp_path / "untagged.tif"
+    with rasterio.open(tagged) as src:
+        profile, data = src.profile, src.read()
+    profile.pop("nbits", None)
+    with rasterio.open(untagged, "w", **profile) as dst:
+        dst.write(data)
+        for i, b in enumerate(BGRN):
+            dst.set_band_description(i + 1, b)
+    (scene,) = scn.discover(untagged)
+    assert any("records no bit depth" in w for w in scn.inspect(scene, BGRN, 11, False).warnings)

@@ -161,6 +161,9 @@ def inspect(scene: Scene, model_bands: tuple[str, ...], bit_depth: int, allow_un
             if scene_bits is not None and scene_bits != bit_depth:
                 raise SceneError(f"{scene.path}: {scene_bits}-bit digital numbers but the model expects "
                                  f"{bit_depth}-bit (its corpus contract); rescale the scene first")
+            if scene_bits is None:  # uint16 without an NBITS / BIT_DEPTH tag: said in the summary, never silent
+                scene.warnings.append(f"{dtype} scene records no bit depth (NBITS); read as the model's "
+                                      f"{bit_depth}-bit digital numbers")
     scene.acquired = read_acquisition(scene.path, scene.catalog_row).acquired
     return scene
 
