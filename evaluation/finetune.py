@@ -47,6 +47,7 @@ from evaluation.chip_eval import evaluate
 from evaluation.datasets import ChipDataset, build_dataset, load_card
 from evaluation.datasets.card import IGNORE_INDEX, REPO_ROOT, DatasetCard, resolve_path
 from evaluation.devices import DEVICE_CHOICES, Precision, backward_step, cuda_device, resolve_device, to_device
+from evaluation.metrics import strict_json
 from evaluation.models import (
     InstanceSegmentationModel,
     SemanticSegmentationModel,
@@ -295,7 +296,7 @@ def _run(cfg: dict, card: DatasetCard, backbone_name: str, seed: int, out: Path,
         "rejects": [{"item": r.item, "reason": r.reason} for r in train_set.rejects],
         "loss_per_epoch": history, "seconds": round(time.time() - start, 1), "config_hash": digest, "run_key": key,
     }
-    (out / METRICS_NAME).write_text(json.dumps(_finite(metrics), indent=2, allow_nan=False))
+    (out / METRICS_NAME).write_text(json.dumps(strict_json(metrics), indent=2, allow_nan=False))
     return metrics
 
 
@@ -342,17 +343,6 @@ def _typed(cfg: dict) -> dict:
                 except (TypeError, ValueError):
                     raise ValueError(f"recipe setting {section}.{key}={value!r} is not a number") from None
     return cfg
-
-
-def _finite(value: Any) -> Any:
-    """NaN/inf -> None recursively, so metrics.json is strict JSON (undefined scores read as null)."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:

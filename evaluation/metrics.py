@@ -307,3 +307,14 @@ def hierarchical_bootstrap(runs: dict[str, list[Any]], statistic: Callable[[Any,
 
 def _clean(value: float) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
+
+
+def strict_json(value: Any) -> Any:
+    """NaN / inf -> None recursively, so a JSON of scores is strict (an undefined score reads as null)."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

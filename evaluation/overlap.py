@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 MIN_WEIGHT = 1e-7
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -197,6 +199,20 @@ def _union(group: list[TileInstance]) -> TileInstance:
     return TileInstance(r0, c0, mask, best.label, float(best.score))
 
 
+def connected_groups(n: int, pairs: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Indices 0..n-1 grouped by the connected components of the undirected ``pairs`` (each group ascending,
+    groups ordered by their first index): transitive merging of tiles' instances and of blocks' polygons."""
+    if n == 0:
+        return []
+    edges = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    groups: dict[int, list[int]] = {}
+    for index, label in enumerate(labels.tolist()):
+        groups.setdefault(label, []).append(index)
+    return list(groups.values())
+
+
 def merge_instances(instances: Iterable[TileInstance], iou_threshold: float = 0.5) -> list[TileInstance]:
     """Instances of overlapping tiles that are one object -> one instance (union of masks, max score).
 
@@ -208,14 +224,7 @@ def merge_instances(instances: Iterable[TileInstance], iou_threshold: float = 0.
     spanning several tiles becomes one. Output: sorted by (row, col, label), deterministic.
     """
     items = sorted(instances, key=lambda i: (i.row, i.col, i.label, -i.score))
-    parent = list(range(len(items)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    same: list[tuple[int, int]] = []
     active: list[int] = []  # sweep over rows: only boxes still open at this row can intersect
     for j, inst in enumerate(items):
         active = [i for i in active if items[i].box[2] > inst.row]
@@ -224,10 +233,8 @@ def merge_instances(instances: Iterable[TileInstance], iou_threshold: float = 0.
             if other.label == inst.label and other.col < inst.box[3] and inst.col < other.box[3] and (
                 _iou_in_shared_box(other, inst) >= iou_threshold
             ):
-                parent[find(j)] = find(i)
+                same.append((i, j))
         active.append(j)
-    groups: dict[int, list[TileInstance]] = {}
-    for j, inst in enumerate(items):
-        groups.setdefault(find(j), []).append(inst)
-    merged = [_union(g) if len(g) > 1 else g[0] for g in groups.values()]
+    groups = [[items[k] for k in group] for group in connected_groups(len(items), same)]
+    merged = [_union(g) if len(g) > 1 else g[0] for g in groups]
     return sorted(merged, key=lambda i: (i.row, i.col, i.label))

@@ -31,29 +31,19 @@ from rasterio.features import shapes
 from rasterio.windows import Window
 from scipy import ndimage
 
-from evaluation.overlap import TileInstance
+from evaluation.metrics import strict_json
+from evaluation.overlap import TileInstance, connected_groups
 
 NODATA_CLASS = 255
 EQUAL_AREA_CRS = "EPSG:6931"  # NSIDC EASE-Grid 2.0 North (Lambert azimuthal equal-area)
 GDAL_ENV = {"GDAL_CACHEMAX": 64}  # MB: GDAL's block cache would otherwise grow with the scene while writing
 
 
-def _strict(value):
-    """NaN / inf -> None recursively: strict JSON (an undefined value reads as null)."""
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 def atomic_json(path: Path, data: dict) -> None:
     """Strict JSON (NaN -> null) written atomically: temp file in the same folder, fsync, rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
-        handle.write(json.dumps(_strict(data), indent=2, default=str, allow_nan=False) + "\n")
+        handle.write(json.dumps(strict_json(data), indent=2, default=str, allow_nan=False) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -164,14 +154,7 @@ def semantic_polygons(class_path: Path, prob_path: Path, block_rows: int = 1024)
                 pieces.append({"class_id": k, "geometry": shape(geom), "sum": total, "pixels": count,
                                "block": row0, "open_top": open_top, "open_bottom": open_bottom})
     # re-join regions cut at block boundaries: same class, sharing an edge (not just a corner)
-    parent = list(range(len(pieces)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    touching: list[tuple[int, int]] = []
     bottoms: dict[int, list[int]] = {}
     for i, p in enumerate(pieces):
         if p["open_bottom"]:
@@ -182,12 +165,9 @@ def semantic_polygons(class_path: Path, prob_path: Path, block_rows: int = 1024)
         for i in bottoms.get(p["block"], []):
             q = pieces[i]
             if q["class_id"] == p["class_id"] and q["geometry"].intersection(p["geometry"]).length > 0:
-                parent[find(j)] = find(i)
-    groups: dict[int, list[dict]] = {}
-    for i, p in enumerate(pieces):
-        groups.setdefault(find(i), []).append(p)
+                touching.append((i, j))
     out = []
-    for group in groups.values():
+    for group in ([pieces[k] for k in members] for members in connected_groups(len(pieces), touching)):
         geometry = group[0]["geometry"] if len(group) == 1 else unary_union([g["geometry"] for g in group])
         pixels = sum(g["pixels"] for g in group)
         out.append({"class_id": group[0]["class_id"], "score": sum(g["sum"] for g in group) / pixels,
