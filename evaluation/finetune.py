@@ -41,6 +41,7 @@ import torch.nn.functional as F
 import yaml
 
 from arctic_vit.corpus import CorpusContract
+from arctic_vit.weights import sha256_file
 from evaluation.artefact import build_kwargs_from_recipe, save_finetuned
 from evaluation.backbones import BACKBONES, Backbone, build_backbone
 from evaluation.chip_eval import evaluate
@@ -80,11 +81,8 @@ def config_hash(cfg: dict) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The core's ``sha256_file``, cached per (path, size, mtime) so repeated runs do not re-hash large weights."""
+    return sha256_file(path)
 
 
 def weights_sha256(weights: str | None) -> str:
