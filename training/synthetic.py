@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -121,9 +123,12 @@ class _InstanceCounter:
 
 
 def _zone_cover(
-    cover: str, size: int, rng: np.random.Generator, counter: _InstanceCounter
+    cover: str, size: int, rng: np.random.Generator, counter: _InstanceCounter, centre: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One zone -> (image (4, S, S) float32 DN before illumination, class (S, S) uint16, instance (S, S) uint16)."""
+    """One zone -> (image (4, S, S) float32 DN before illumination, class (S, S) uint16, instance (S, S) uint16).
+
+    ``centre`` ("low" | "high") fixes the ice-wedge polygon type; None draws it (the balanced profile).
+    """
     image = np.empty((4, size, size), np.float32)
     cls = np.zeros((size, size), np.uint16)
     inst = np.zeros((size, size), np.uint16)
@@ -144,10 +149,14 @@ def _zone_cover(
     if cover == "ice_wedge_polygons":
         cell, edge = _voronoi(rng, size, mean_cell_px=rng.uniform(26, 44))
         trough = edge < rng.uniform(1.5, 2.5)
-        low_centre = rng.random() < 0.5
+        low_centre = rng.random() < 0.5 if centre is None else centre == "low"
         if low_centre:  # wet, ponded centres with raised rims
-            centre = edge > 5
-            image[:, centre] = image[:, centre] * 0.5 + np.array(SPECTRA["wet_tundra"], np.float32)[:, None] * 0.5
+            inner = edge > 5
+            image[:, inner] = image[:, inner] * 0.5 + np.array(SPECTRA["wet_tundra"], np.float32)[:, None] * 0.5
+        elif centre == "high":  # degraded: wide, wet troughs around dry, bright raised centres
+            trough = edge < rng.uniform(3.0, 4.5)
+            inner = edge > 6
+            image[:, inner] *= 1.12
         _paint(image, trough, SPECTRA["trough"])
         polygon = ~trough
         first = counter.take(int(cell.max()) + 1)
@@ -292,6 +301,127 @@ def write_xml(path: Path, meta: SceneMeta) -> None:
     )
 
 
+ZONES_SUFFIX = ".zones.json"
+"""Next to each ``X.tif``: ``X.zones.json``, the scene-type table (one type per zone, row-major; see
+``write_zone_table``). A JSON file, so scene discovery (``*.tif``) never mistakes it for a scene."""
+PROFILES = ("balanced", "arctic")
+
+
+def zone_table_path(scene: Path) -> Path:
+    return Path(scene).with_name(Path(scene).stem + ZONES_SUFFIX)
+
+
+def write_zone_table(scene: Path, size: int, zone_size: int, types: Sequence[str], profile: str,
+                     families: Sequence[int | None] | None = None) -> Path:
+    """The scene-type table of ``scene``: ``types[i]`` is the type of zone ``i`` (row-major over the
+    ceil(size / zone_size)² grid); ``families[i]``: the near-duplicate texture family of a low-information zone."""
+    n_side = -(-size // zone_size)
+    if len(types) != n_side * n_side:
+        raise ValueError(f"{scene}: {len(types)} zone types for a {n_side} x {n_side} zone grid")
+    table = {"profile": profile, "size": size, "zone_size": zone_size, "n_side": n_side, "types": list(types),
+             "families": list(families) if families is not None else [None] * len(types)}
+    path = zone_table_path(scene)
+    path.write_text(json.dumps(table) + "\n")
+    return path
+
+
+def read_zone_table(scene: Path) -> dict:
+    path = zone_table_path(scene)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no scene-type table next to {Path(scene).name} (written by "
+                                "training.synthetic.generate_archive)")
+    return json.loads(path.read_text())
+
+
+def chip_scene_types(scene: Path, windows: Sequence[Window | tuple[int, int, int, int]]) -> list[str]:
+    """The scene type of each chip of ``scene``: the type covering most of its pixels (ties: the first zone in
+    row-major order). windows: rasterio ``Window`` or (row_off, col_off, height, width) in scene pixels."""
+    table = read_zone_table(scene)
+    zone, n_side, size = table["zone_size"], table["n_side"], table["size"]
+    starts = np.arange(n_side) * zone
+    ends = np.minimum(starts + zone, size)
+    out = []
+    for window in windows:
+        if isinstance(window, Window):
+            row, col, height, width = window.row_off, window.col_off, window.height, window.width
+        else:
+            row, col, height, width = window
+        rows = np.clip(np.minimum(ends, row + height) - np.maximum(starts, row), 0, None)
+        cols = np.clip(np.minimum(ends, col + width) - np.maximum(starts, col), 0, None)
+        area = np.outer(rows, cols).ravel()
+        if not area.any():
+            raise ValueError(f"{scene}: window {window} lies outside the {size} x {size} scene")
+        totals: dict[str, int] = {}
+        for zone_type, pixels in zip(table["types"], area):
+            totals[zone_type] = totals.get(zone_type, 0) + int(pixels)
+        out.append(max(totals, key=totals.__getitem__))
+    return out
+
+
+ZoneContent = tuple[np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None"]
+"""One zone: image (4, S, S) float32 DN before illumination, class (S, S), instance (S, S), nodata (S, S) bool or
+None."""
+
+
+def write_scene_raster(
+    path: Path,
+    meta: SceneMeta,
+    size: int,
+    zone_size: int,
+    zone_content: Callable[[int], ZoneContent],
+    rng: np.random.Generator,
+    *,
+    noise_sigma: float,
+    wedge: tuple[float, float, int] | None,
+    labels: bool,
+) -> None:
+    """Write the scene GeoTIFF (+ ``.labels.tif``) zone by zone: ``zone_content(zone_index)`` gives each zone's
+    content; the scene gain (sensor x sun), sensor noise and an optional nodata ``wedge`` are applied here.
+    Memory is O(zone_size²) whatever ``size``."""
+    n_side = -(-size // zone_size)
+    gain = SENSORS[meta.sat_id] * _illumination(meta.mean_sun_el)
+    x_c, y_c = warp_transform("EPSG:4326", CRS, [meta.lon], [meta.lat])
+    transform = from_origin(x_c[0] - size * meta.gsd_m / 2, y_c[0] + size * meta.gsd_m / 2, meta.gsd_m, meta.gsd_m)
+    profile = dict(
+        driver="GTiff", width=size, height=size, count=4, dtype="uint16", crs=CRS, transform=transform, nodata=0,
+        tiled=True, blockxsize=256, blockysize=256, compress="deflate", interleave="pixel",
+    )
+    label_path = path.with_name(path.stem + ".labels.tif")
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.descriptions = BANDS
+        dst.update_tags(BANDS=",".join(BANDS), BIT_DEPTH=str(BIT_DEPTH), SENSOR=meta.sat_id)
+        label_dst = (
+            rasterio.open(label_path, "w", **{**profile, "count": 2, "nodata": None}) if labels else None
+        )
+        try:
+            if label_dst is not None:
+                label_dst.descriptions = ("class_id", "instance_id")
+                label_dst.update_tags(CLASSES=",".join(f"{k}:{v}" for k, v in LABEL_CLASSES.items()))
+            for zone_index in range(n_side * n_side):
+                row0, col0 = (zone_index // n_side) * zone_size, (zone_index % n_side) * zone_size
+                height, width = min(zone_size, size - row0), min(zone_size, size - col0)
+                image, cls, inst, nodata = zone_content(zone_index)
+                image = image[:, :height, :width] * gain
+                image += rng.normal(0.0, noise_sigma, size=image.shape).astype(np.float32)
+                dn = np.clip(np.rint(image), 1, MAX_DN).astype(np.uint16)  # 0 is reserved for nodata
+                cls, inst = cls[:height, :width].copy(), inst[:height, :width].copy()
+                outside = np.zeros((height, width), bool) if nodata is None else nodata[:height, :width].copy()
+                if wedge is not None:
+                    rows, cols = np.mgrid[row0 : row0 + height, col0 : col0 + width]
+                    offset, slope, side = wedge
+                    cols = cols if side == 0 else size - 1 - cols
+                    outside |= cols < offset + slope * rows
+                dn[:, outside] = 0
+                cls[outside], inst[outside] = 0, 0
+                window = Window(col0, row0, width, height)
+                dst.write(dn, window=window)
+                if label_dst is not None:
+                    label_dst.write(np.stack([cls, inst]), window=window)
+        finally:
+            if label_dst is not None:
+                label_dst.close()
+
+
 def generate_scene(
     path: Path,
     index: int,
@@ -305,10 +435,8 @@ def generate_scene(
     nodata_border: bool | None = None,
     xml: bool | None = None,
 ) -> SceneMeta:
-    """Write scene ``index`` of the archive to ``path`` (+ sidecars, + ``.labels.tif``) -> its metadata.
-
-    Zones are generated and written one window at a time, so memory is O(zone_size²) whatever ``size``.
-    """
+    """Write scene ``index`` of the balanced archive to ``path`` (+ sidecars, + ``.labels.tif``, + zone table)
+    -> its metadata."""
     rng = np.random.default_rng([seed, index])
     meta, spring = _scene_meta(index, rng)
     n_side = -(-size // zone_size)
@@ -317,49 +445,15 @@ def generate_scene(
     meta = SceneMeta(**{**asdict(meta), "cloud_cover": round(cloud_cover, 3)})
     has_wedge = bool(index % 2 == 1) if nodata_border is None else nodata_border
     wedge = _nodata_wedge(size, rng)
-    gain = SENSORS[meta.sat_id] * _illumination(meta.mean_sun_el)
     noise_sigma = float(rng.uniform(8, 20))
-
-    x_c, y_c = warp_transform("EPSG:4326", CRS, [meta.lon], [meta.lat])
-    transform = from_origin(x_c[0] - size * meta.gsd_m / 2, y_c[0] + size * meta.gsd_m / 2, meta.gsd_m, meta.gsd_m)
-    profile = dict(
-        driver="GTiff", width=size, height=size, count=4, dtype="uint16", crs=CRS, transform=transform, nodata=0,
-        tiled=True, blockxsize=256, blockysize=256, compress="deflate", interleave="pixel",
-    )
-    label_path = path.with_name(path.stem + ".labels.tif")
     counter = _InstanceCounter()
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.descriptions = BANDS
-        dst.update_tags(BANDS=",".join(BANDS), BIT_DEPTH=str(BIT_DEPTH), SENSOR=meta.sat_id)
-        label_dst = (
-            rasterio.open(label_path, "w", **{**profile, "count": 2, "nodata": None}) if labels else None
-        )
-        try:
-            if label_dst is not None:
-                label_dst.descriptions = ("class_id", "instance_id")
-                label_dst.update_tags(CLASSES=",".join(f"{k}:{v}" for k, v in LABEL_CLASSES.items()))
-            for zone_index, cover in enumerate(covers):
-                row0, col0 = (zone_index // n_side) * zone_size, (zone_index % n_side) * zone_size
-                height, width = min(zone_size, size - row0), min(zone_size, size - col0)
-                image, cls, inst = _zone_cover(cover, zone_size, rng, counter)
-                image = image[:, :height, :width] * gain
-                image += rng.normal(0.0, noise_sigma, size=image.shape).astype(np.float32)
-                dn = np.clip(np.rint(image), 1, MAX_DN).astype(np.uint16)  # 0 is reserved for nodata
-                cls, inst = cls[:height, :width].copy(), inst[:height, :width].copy()
-                if has_wedge:
-                    rows, cols = np.mgrid[row0 : row0 + height, col0 : col0 + width]
-                    offset, slope, side = wedge
-                    cols = cols if side == 0 else size - 1 - cols
-                    outside = cols < offset + slope * rows
-                    dn[:, outside] = 0
-                    cls[outside], inst[outside] = 0, 0
-                window = Window(col0, row0, width, height)
-                dst.write(dn, window=window)
-                if label_dst is not None:
-                    label_dst.write(np.stack([cls, inst]), window=window)
-        finally:
-            if label_dst is not None:
-                label_dst.close()
+
+    def zone_content(zone_index: int) -> ZoneContent:
+        return (*_zone_cover(covers[zone_index], zone_size, rng, counter), None)
+
+    write_scene_raster(path, meta, size, zone_size, zone_content, rng, noise_sigma=noise_sigma,
+                       wedge=wedge if has_wedge else None, labels=labels)
+    write_zone_table(path, size, zone_size, covers, profile="balanced")
     write_imd(path.with_suffix(".IMD"), meta)
     if (index % 2 == 0) if xml is None else xml:
         write_xml(path.with_suffix(".XML"), meta)
@@ -377,35 +471,50 @@ def generate_archive(
     feature_fraction: float = 0.25,
     all_classes_per_scene: bool = True,
     catalog: bool = True,
+    profile: str = "balanced",
 ) -> list[Path]:
     """Write ``n_scenes`` scenes of ``size`` x ``size`` px into ``out_dir`` -> sorted scene paths (``scene_NNN.tif``).
 
-    Deterministic for ``seed``. ``feature_fraction``: share of zones holding a labelled feature class.
-    Also writes ``catalog.csv`` (one row per scene, the sidecar fields) when ``catalog``.
+    Deterministic for ``seed``. ``profile``: "balanced" (every feature class in every scene; ``feature_fraction``:
+    share of zones holding a labelled feature class) or "arctic" (``training.synthetic_arctic.ARCTIC_PROFILE``:
+    fixed scene-type shares over the whole archive, near-duplicate low-information zones; ``feature_fraction`` and
+    ``all_classes_per_scene`` do not apply). Every scene gets a zone table (``ZONES_SUFFIX``). Also writes
+    ``catalog.csv`` (one row per scene, the sidecar fields) when ``catalog``.
     """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     if size < 16 or zone_size < 64:
         raise ValueError(f"size must be >= 16 and zone_size >= 64, got {size} and {zone_size}")
     if not 0.0 <= feature_fraction <= 1.0:
         raise ValueError(f"feature_fraction must be in [0, 1], got {feature_fraction}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths, metas = [], []
-    for index in range(n_scenes):
-        path = out / f"scene_{index:03d}.tif"
-        metas.append(
-            generate_scene(
+    if profile == "arctic":
+        from training.synthetic_arctic import generate_arctic_scenes
+
+        paths, rows = generate_arctic_scenes(out, n_scenes, size, seed, labels=labels, zone_size=zone_size)
+    else:
+        paths, rows = [], []
+        for index in range(n_scenes):
+            path = out / f"scene_{index:03d}.tif"
+            meta = generate_scene(
                 path, index, size, seed, labels=labels, zone_size=zone_size, feature_fraction=feature_fraction,
                 all_classes_per_scene=all_classes_per_scene,
             )
-        )
-        paths.append(path)
+            paths.append(path)
+            rows.append(asdict(meta))
     if catalog:
-        with open(out / "catalog.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["path", *asdict(metas[0]).keys()] if metas else ["path"])
-            writer.writeheader()
-            for path, meta in zip(paths, metas):
-                writer.writerow({"path": path.name, **asdict(meta)})
+        write_catalog(out / "catalog.csv", paths, rows)
     return paths
+
+
+def write_catalog(path: Path, scenes: Sequence[Path], rows: Sequence[dict]) -> None:
+    """``catalog.csv``: one row per scene (``path`` = the scene's file name, then the sidecar fields)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", *rows[0].keys()] if rows else ["path"])
+        writer.writeheader()
+        for scene, row in zip(scenes, rows):
+            writer.writerow({"path": scene.name, **row})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -422,12 +531,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-guarantee", action="store_true", help="do not force every feature class into every scene"
     )
+    parser.add_argument(
+        "--profile", choices=PROFILES, default="balanced",
+        help="balanced: every feature class in every scene; arctic: the skewed archive of "
+             "training.synthetic_arctic.ARCTIC_PROFILE (--labelled-fraction and --no-guarantee do not apply)",
+    )
     args = parser.parse_args(argv)
     paths = generate_archive(
         args.out, args.scenes, args.size, args.seed, args.labels, zone_size=args.zone_size,
-        feature_fraction=args.labelled_fraction, all_classes_per_scene=not args.no_guarantee,
+        feature_fraction=args.labelled_fraction, all_classes_per_scene=not args.no_guarantee, profile=args.profile,
     )
-    print(f"wrote {len(paths)} scenes to {args.out}")
+    print(f"wrote {len(paths)} scenes ({args.profile} profile) to {args.out}")
 
 
 if __name__ == "__main__":
