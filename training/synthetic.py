@@ -9,12 +9,18 @@ trough networks, roads and buildings). Some scenes have a nodata (0) wedge along
 The scene is a grid of ``zone_size`` square zones; each zone holds one land cover. Sensors, seasons and sun angles
 vary per scene and change brightness, noise and the cover mix.
 
+Two profiles: ``balanced`` (the default: every feature class in every scene, a ``feature_fraction`` of the zones) and
+``arctic`` (``training.synthetic_arctic``: fixed scene-type shares over the archive, >= 70 % low-information or
+near-duplicate zones, rare labelled types; its table ``ARCTIC_PROFILE`` states the basis of each share).
+SCENE-TYPE TABLE: next to each ``X.tif`` a ``X.zones.json`` (``ZONES_SUFFIX``) lists the type of every zone;
+``chip_scene_types(scene, windows)`` gives each chip's type (the majority of its pixels).
+
 LABEL CONTRACT (with ``labels=True``), next to each ``X.tif`` a ``X.labels.tif``: same grid, CRS and transform,
 2 bands uint16 — band 1 = class id (see ``LABEL_CLASSES``), band 2 = instance id (0 = none, unique per object within
 the scene; every ice-wedge polygon is its own instance). With ``all_classes_per_scene=True`` (default) every scene
 holds at least one zone of each foreground class (if it has at least 4 zones).
 
-    python -m training.synthetic --out outputs/archive --scenes 4 --size 1024 --seed 0 --labels
+    python -m training.synthetic --out outputs/archive --scenes 4 --size 1024 --seed 0 --labels [--profile arctic]
 """
 
 from __future__ import annotations
