@@ -105,16 +105,33 @@ def cut_chips(archive: Path, chip_px: int, max_chips_per_scene: int | None = Non
                       np.stack(masks) if with_labels else None, class_names)
 
 
+SPLIT_CANDIDATES = 16
+"""Seeded scene splits tried by ``split_by_scene``; the one sharing most classes between its sides is kept."""
+
+
 def split_by_scene(chips: ProbeChips, test_fraction: float = 1 / 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) chip indices; whole scenes on one side, scene types spread over both as far as scenes allow
-    (scikit-learn's ``StratifiedGroupKFold``, first fold = test)."""
-    n_scenes = len(np.unique(chips.scenes))
-    n_splits = min(n_scenes, max(2, round(1 / test_fraction)))
-    if n_scenes < 2:
-        raise ValueError(f"probes need at least 2 scenes to split by scene, the archive has {n_scenes}")
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    train, test = next(folds.split(np.zeros(len(chips)), chips.scene_types, groups=chips.scenes))
-    return np.sort(train), np.sort(test)
+    """(train, test) chip indices with whole scenes on one side -> of ``SPLIT_CANDIDATES`` stratified group splits
+    (scikit-learn's ``StratifiedGroupKFold``, first fold = test), the one with most scene types, then most mask
+    classes, present on both sides (ties: the first). Deterministic for ``seed``; never looks at features."""
+    scenes = np.unique(chips.scenes)
+    if len(scenes) < 2:
+        raise ValueError(f"probes need at least 2 scenes to split by scene, the archive has {len(scenes)}")
+    n_splits = min(len(scenes), max(2, round(1 / test_fraction)))
+    mask_classes = None
+    if chips.masks is not None:  # mask classes per chip, (N, K) bool
+        k = int(chips.masks.max()) + 1
+        mask_classes = np.stack([np.bincount(m.ravel(), minlength=k) > 0 for m in chips.masks])[:, 1:]
+    best, best_score = None, None
+    for candidate in range(SPLIT_CANDIDATES):
+        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed * 1000 + candidate)
+        train, test = next(folds.split(np.zeros(len(chips)), chips.scene_types, groups=chips.scenes))
+        shared_types = len(set(chips.scene_types[train]) & set(chips.scene_types[test]))
+        shared_masks = 0 if mask_classes is None else int(
+            (mask_classes[train].any(0) & mask_classes[test].any(0)).sum())
+        score = (shared_types, shared_masks)
+        if best_score is None or score > best_score:
+            best, best_score = (np.sort(train), np.sort(test)), score
+    return best
 
 
 def zscore_normalizer(images: np.ndarray, contract: CorpusContract) -> MultispectralNormalize:

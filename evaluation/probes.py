@@ -378,6 +378,63 @@ def run_probes(encoders: dict[str, Path | None], archive: Path, out_dir: Path, s
     return result
 
 
+def _cell(row: dict) -> str:
+    if row["mean"] is None:
+        return "undefined"
+    low, high = row["ci95"]
+    interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    return f"{row['mean']:.3f}{interval}"
+
+
+def probes_markdown(result: dict) -> str:
+    """The result as Markdown: per metric and encoder the mean over seeds [95 % interval], then the paired
+    differences with their intervals, the null (two random-init draws) and the classes left out."""
+    metrics = list(result["metrics"])
+    lines = ["| encoder | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for name, row in result["encoders"].items():
+        lines.append(f"| {name} | " + " | ".join(_cell(row[m]) for m in metrics) + " |")
+    pairs = list(next(iter(result["differences"].values()), {}))
+    if pairs:
+        lines += ["", "| difference | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+        rows = [(pair, {m: result["differences"][m][pair] for m in metrics}) for pair in pairs]
+        if result.get("null_difference"):
+            rows.append((f"null: {NULL_NAME} - {result['reference']}",
+                         {m: result["null_difference"][m] for m in metrics}))
+        for label, cells in rows:
+            lines.append(f"| {label} | " + " | ".join(_cell({"mean": c["diff"], "ci95": c["ci95"]})
+                                                        for c in cells.values()) + " |")
+    left_out = {k: v for k, v in result["classes"].items() if "absent" in k and v}
+    lines += ["", f"Scored scene types: {', '.join(result['classes']['scene_types_scored'])}. "
+              f"Left out (absent from a split): {left_out or 'none'}."]
+    return "\n".join(lines)
+
+
+def plot_probes(result: dict, path: Path) -> Path:
+    """Bar chart, one panel per metric: mean over seeds per encoder with its 95 % interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics, names = list(result["metrics"]), list(result["encoders"])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        rows = [result["encoders"][n][metric] for n in names]
+        means = np.array([np.nan if r["mean"] is None else r["mean"] for r in rows])
+        low = np.array([np.nan if r["ci95"][0] is None else r["ci95"][0] for r in rows])
+        high = np.array([np.nan if r["ci95"][1] is None else r["ci95"][1] for r in rows])
+        errors = np.nan_to_num(np.stack([np.maximum(means - low, 0), np.maximum(high - means, 0)]))
+        ax.bar(range(len(names)), np.nan_to_num(means), yerr=errors, capsize=3, color="#4c78a8")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(metric.replace("_", " "), fontsize=9)
+        ax.set_ylim(0, 1)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _encoder_arg(text: str) -> tuple[str, Path | None]:
     name, sep, path = text.partition("=")
     if not sep or not name:
@@ -400,10 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = run_probes(dict(args.encoder), args.archive, args.out, args.seeds, args.chip_px, args.device,
                         max_chips_per_scene=args.max_chips_per_scene, n_boot=args.n_boot)
-    for metric in result["metrics"]:
-        row = ", ".join(f"{n} {e[metric]['mean']:.3f}" for n, e in result["encoders"].items()
-                        if e[metric]["mean"] is not None)
-        print(f"{metric}: {row}")
+    (args.out / "probes.md").write_text(probes_markdown(result) + "\n")
+    plot_probes(result, args.out / "probes.png")
+    print(probes_markdown(result))
     return 0
 
 

@@ -23,6 +23,8 @@ from evaluation.probes import (
     _subsample,
     classification_scores,
     patch_counts,
+    plot_probes,
+    probes_markdown,
     run_probes,
     scene_type_probes,
     segmentation_probe,
@@ -153,6 +155,16 @@ def test_run_probes_result_layout_and_file(tiny_run):
     split = result["protocol"]["split"]
     assert not set(split["train_scenes"]) & set(split["test_scenes"])
     assert result["protocol"]["preprocessing"].startswith("train-split z-score")
+
+
+def test_probe_report_table_and_plot(tiny_run, tmp_path):
+    _, _, result, _ = tiny_run
+    table = probes_markdown(result)
+    curated = result["encoders"]["curated"]["linear_balanced_accuracy"]
+    assert f"| curated | {curated['mean']:.3f}" in table
+    diff = result["differences"]["linear_balanced_accuracy"]["curated - random_init"]["diff"]
+    assert f"| curated - random_init | {diff:.3f}" in table and f"null: {NULL_NAME} - random_init" in table
+    assert plot_probes(result, tmp_path / "probes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_run_probes_is_deterministic(tiny_run):
