@@ -227,7 +227,7 @@ class ProbeTask:
     @classmethod
     def build(cls, chips: ProbeChips, archive: Path) -> ProbeTask:
         train, test = split_by_scene(chips)
-        types_train, types_test = set(chips.scene_types[train]), set(chips.scene_types[test])
+        types_train, types_test = set(chips.scene_types[train].tolist()), set(chips.scene_types[test].tolist())
         scored = sorted(types_train & types_test)
         if len(scored) < 2:
             raise ValueError(f"probe archive {archive}: fewer than 2 scene types in both splits (train "

@@ -105,6 +105,7 @@ def test_a_type_absent_from_a_split_is_reported_and_not_scored(tmp_path):
     report = task.report
     assert "slump" not in task.scene_types and set(task.scene_types) == {"tundra", "water"}
     assert report["scene_types_absent_from_test"] + report["scene_types_absent_from_train"] == ["slump"]
+    assert all(type(t) is str for t in report["scene_types_scored"]), "plain str: reports print them"
     slump_in_test = report["scene_types_absent_from_train"] == ["slump"]
     assert report["test_chips_left_out"] == (1 if slump_in_test else 0)
     assert set(chips.scenes[task.train]).isdisjoint(chips.scenes[task.test]), "split by scene"
