@@ -48,7 +48,7 @@ from training.synthetic import (
 )
 
 log = logging.getLogger(__name__)
-PROFILE_FIXED = "2026-12-05 00:50 UTC, before any probe or finetuning score on this profile was computed"
+PROFILE_FIXED = "in commit 03ac314, 2026-12-05 00:45 UTC, before any probe or finetuning score on this profile existed"
 LOW_INFORMATION = "low_information"
 RARE = "rare"
 
