@@ -15,7 +15,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 import arctic_vit
 from arctic_vit.corpus import CorpusContract
 from evaluation.metrics import f1_iou, foreground_mean
-from evaluation.probe_data import ProbeChips, patch_targets
+from evaluation.probe_data import ProbeChips, cut_chips, patch_targets
 from evaluation.probes import (
     METRICS,
     NULL_NAME,
@@ -30,6 +30,7 @@ from evaluation.probes import (
     segmentation_probe,
 )
 from training.synthetic import generate_archive
+from training.synthetic_arctic import ARCTIC_PROFILE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")  # tiny matrices: 1 thread is faster
 CONTRACT = CorpusContract(("blue", "green", "red", "nir"), 11, (0.2, 0.2, 0.2, 0.3), (0.1, 0.1, 0.1, 0.1), 0.5, 0)
@@ -156,6 +157,19 @@ def test_run_probes_result_layout_and_file(tiny_run):
     split = result["protocol"]["split"]
     assert not set(split["train_scenes"]) & set(split["test_scenes"])
     assert result["protocol"]["preprocessing"].startswith("train-split z-score")
+
+
+def test_cut_chips_labels_agree_with_the_archive(tiny_run):
+    root, _, _, _ = tiny_run
+    chips = cut_chips(root / "archive", 64)
+    assert chips.images.shape[1:] == (4, 64, 64) and chips.masks.shape[1:] == (64, 64)
+    assert len(chips) <= 8 * 16 and len(set(chips.scenes)) == 8
+    assert chips.class_names[:2] == ("background", "ice_wedge_polygon")
+    for scene_type, mask in zip(chips.scene_types, chips.masks):
+        allowed = {0, ARCTIC_PROFILE[scene_type].label_class}
+        assert set(np.unique(mask).tolist()) <= allowed, scene_type  # zones are 128 px: a 64 px chip is one zone
+    low = np.array([ARCTIC_PROFILE[t].group == "low_information" for t in chips.scene_types])
+    assert low.mean() > 0.6 and chips.masks[~low].any(axis=(1, 2)).mean() > 0.5
 
 
 def test_probe_report_table_and_plot(tiny_run, tmp_path):
