@@ -113,10 +113,10 @@ def _subsample(n: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=max(1, round(TRAIN_SUBSAMPLE * n)), replace=False))
 
 
-def scene_type_probes(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n_classes: int,
+def scene_type_probes(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                       seed: int) -> dict[str, np.ndarray]:
-    """Pooled features (n, D), labels 0..n_classes-1 (train may hold extra ids >= n_classes) -> test predictions
-    of the linear probe and of kNN, trained on the seed's subsample."""
+    """Pooled features train (n, D) with class ids (n,), test (m, D) -> test predictions (m,) of the linear probe
+    and of kNN, trained on the seed's subsample."""
     pick = _subsample(len(train_x), seed)
     scaler = StandardScaler().fit(train_x[pick])
     xs, ts = scaler.transform(train_x[pick]), scaler.transform(test_x)
@@ -260,7 +260,7 @@ def probe_features(task: ProbeTask, pooled: np.ndarray, patches: np.ndarray, see
     """One encoder's features (pooled (N, D), patches (N, L, D)), one seed -> metric -> (bootstrap item, value)."""
     out = {}
     n_types = len(task.scene_types)
-    predictions = scene_type_probes(pooled[task.train], task.y_train, pooled[task.scored_test], n_types, seed)
+    predictions = scene_type_probes(pooled[task.train], task.y_train, pooled[task.scored_test], seed)
     for probe, pred in predictions.items():
         item = np.stack([task.y_test, pred], axis=1)
         accuracy, f1 = classification_scores(task.y_test, pred, n_types)

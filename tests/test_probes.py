@@ -47,11 +47,11 @@ def test_scene_type_probes_reach_one_on_label_features_and_chance_on_shuffled_la
     n_classes = 5
     y_train, y_test = rng.integers(0, n_classes, 300), rng.integers(0, n_classes, 200)
     x_train, x_test = (_label_features(y, n_classes, 32, rng) for y in (y_train, y_test))
-    for probe, pred in scene_type_probes(x_train, y_train, x_test, n_classes, seed=0).items():
+    for probe, pred in scene_type_probes(x_train, y_train, x_test, seed=0).items():
         assert classification_scores(y_test, pred, n_classes)[0] > 0.98, probe
     noise_train, noise_test = rng.standard_normal((300, 32)), rng.standard_normal((1000, 32))
     y_test = rng.integers(0, n_classes, 1000)
-    for probe, pred in scene_type_probes(noise_train, rng.permutation(y_train), noise_test, n_classes, 0).items():
+    for probe, pred in scene_type_probes(noise_train, rng.permutation(y_train), noise_test, 0).items():
         accuracy = classification_scores(y_test, pred, n_classes)[0]
         assert abs(accuracy - 1 / n_classes) < 0.06, (probe, accuracy)
 
@@ -122,8 +122,8 @@ def test_probes_are_deterministic_per_seed_and_seeds_differ():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, 200)
     x = _label_features(y, 3, 16, rng) + rng.standard_normal((200, 16))
-    first = scene_type_probes(x[:150], y[:150], x[150:], 3, seed=4)
-    again = scene_type_probes(x[:150], y[:150], x[150:], 3, seed=4)
+    first = scene_type_probes(x[:150], y[:150], x[150:], seed=4)
+    again = scene_type_probes(x[:150], y[:150], x[150:], seed=4)
     assert all(np.array_equal(first[k], again[k]) for k in first)
     assert not np.array_equal(_subsample(150, 4), _subsample(150, 5))
 
