@@ -511,3 +511,47 @@ def test_bit_depth_is_checked_and_an_untagged_uint16_scene_is_warned_about(tmp_p
             dst.set_band_description(i + 1, b)
     (scene,) = scn.discover(untagged)
     assert any("records no bit depth" in w for w in scn.inspect(scene, BGRN, 11, False).warnings)
+
+
+def test_map_scene_for_report_writes_outputs_and_scores_like_score_scene(tmp_path):
+    from PIL import Image
+
+    from evaluation.artefact import build_kwargs_from_recipe, load_finetuned
+    from evaluation.backbones import build_backbone
+    from evaluation.datasets.card import DatasetCard
+    from evaluation.models import SemanticSegmentationModel
+    from evaluation.predict import map_scene_for_report
+    from evaluation.predict.score import score_scene
+    from tests.test_artefact import _cfg as recipe
+    from training.synthetic import LABEL_CLASSES, generate_archive
+
+    classes = tuple(LABEL_CLASSES.values())
+    card = DatasetCard(name="s", format="raster_pairs", root=Path("."), classes=classes, bands=BGRN, bit_depth=11)
+    torch.manual_seed(0)
+    b = build_backbone("arctic_mae_vit_tiny", card, TILE, weights="none",
+                       dataset_stats={"mean": [300.0, 400.0, 350.0, 900.0], "std": [80.0, 90.0, 100.0, 200.0]})
+    kwargs = build_kwargs_from_recipe(recipe("semantic"), "arctic_mae_vit_tiny")
+    model = SemanticSegmentationModel(b, len(classes), **kwargs["model_kwargs"]).eval()
+    model_dir = tmp_path / "model"
+    save_finetuned(model_dir, model, task="semantic", classes=classes, corpus=CorpusContract(BGRN, 11, gsd_m=0.5),
+                   tile_size=TILE, normalization=b.normalization, encoder_provenance=b.describe(),
+                   build_kwargs=kwargs)
+    (scene,) = generate_archive(tmp_path / "archive", n_scenes=1, size=128, seed=3, zone_size=64, catalog=False)
+    labels = scene.with_name(scene.stem + ".labels.tif")
+    out = tmp_path / "report"
+    record = map_scene_for_report(model_dir, scene, labels, out)
+    assert json.loads(json.dumps(record)) == record  # JSON-ready
+    for relative in record["outputs"].values():
+        assert (out / relative).is_file(), relative
+    with Image.open(out / record["outputs"]["overlay_png"]) as png, rasterio.open(scene) as src:
+        assert png.width * src.height == png.height * src.width
+        valid = int((src.read_masks().min(axis=0) > 0).sum())
+        km2 = valid * abs(src.transform.a * src.transform.e) / 1e6
+    assert record["km2_mapped"] == pytest.approx(km2)
+    assert set(record["objects_per_class"]) == set(classes[1:])
+    direct = score_scene(out / scene.stem / "class.tif", out / scene.stem / "prob.tif", labels, scene.stem,
+                         load_finetuned(model_dir, "cpu"))
+    assert record["scores"] == json.loads(json.dumps(direct))
+    assert record["scores"]["objects"]["ground_truth"] > 0
+    again = map_scene_for_report(model_dir, scene, None, out)  # resumed: not redone, no scores asked
+    assert again["scores"] is None and again["objects_per_class"] == record["objects_per_class"]

@@ -27,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
     p.add_argument("--target-crs", default="EPSG:3413", help="CRS of the polygons; 'scene' keeps the scene's")
     p.add_argument("--bands", default=None, help="scene band names when the files carry none, e.g. blue,green,red,nir")
     p.add_argument("--score-threshold", type=float, default=0.5, help="instance models: minimum score")
-    p.add_argument("--labels", type=Path, default=None, help="folder of label rasters <scene_id>.tif: score the maps")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="folder of label rasters <scene_id>.tif (or one label file): score the maps")
     p.add_argument("--overlay", action="store_true", help="also write <scene>/overlay.png (true colour + classes)")
     p.add_argument("--scheduler", default="synchronous", help="synchronous | local | tcp://host:8786 (Dask)")
     p.add_argument("--n-workers", type=int, default=2, help="local Dask cluster size")

@@ -75,7 +75,7 @@ class PredictConfig:
     n_workers: int = 2
     threads: int | None = None  # torch threads per scene task
     checkpoint_seconds: float = 30.0
-    labels: Path | None = None  # folder of label rasters <scene_id>.tif: score the maps
+    labels: Path | None = None  # folder of label rasters <scene_id>.tif (or one label file): score the maps
     overlay: bool = False  # <scene>/overlay.png: true colour + predicted classes (decimated)
     precision: str = "auto"  # auto (bf16 autocast on CUDA, float32 on CPU) | float32 | bf16 (also on CPU)
     progress: bool = True
@@ -296,6 +296,8 @@ def predict(cfg: PredictConfig) -> dict:
     cfg = dataclasses.replace(cfg, model=Path(cfg.model), input=Path(cfg.input), out=Path(cfg.out),
                               labels=Path(cfg.labels) if cfg.labels else None)
     device = resolve_device(cfg.device)  # everything is validated before the weights are read
+    if cfg.labels is not None and not cfg.labels.exists():
+        raise FileNotFoundError(f"--labels {cfg.labels}: not found")
     inference_precision(cfg.precision, device)
     meta = read_predictor_json(cfg.model)
     corpus = CorpusContract.from_dict(meta["corpus"], f"{cfg.model / 'predictor.json'} [corpus]")

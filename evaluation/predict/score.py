@@ -1,6 +1,7 @@
 """Score a mapped scene against its labels: pixel F1 and object F1 at IoU >= 0.5, detection and delineation F1.
 
-Labels per scene in ``<labels>/``: a raster ``<scene_id>.tif`` (or ``<scene_id>_labels.tif``), band 1 = class ids of
+Labels per scene in ``<labels>/`` (or one label file for a single scene): a raster ``<scene_id>.tif`` (or
+``<scene_id>_labels.tif``, ``<scene_id>.labels.tif`` as ``training.synthetic`` writes), band 1 = class ids of
 the model's classes (0 background, 255 not scored) on the scene's grid; or vectors ``<scene_id>.gpkg`` /
 ``.parquet`` / ``.geojson`` with a ``class_id`` or ``class`` (name) column, in any CRS (reprojected to the scene's,
 rasterised at pixel centres). Objects: ground truth = each label polygon (vectors: touching polygons stay two), or
@@ -31,11 +32,15 @@ VECTOR_SUFFIXES = (".gpkg", ".parquet", ".geojson")
 
 
 def label_path(labels: Path, scene_id: str) -> Path:
-    for stem in (scene_id, f"{scene_id}_labels", f"{scene_id}_label"):
+    """``labels``: a label file (raster or vectors) itself, or a folder holding one for ``scene_id``."""
+    labels = Path(labels)
+    if labels.is_file():
+        return labels
+    for stem in (scene_id, f"{scene_id}_labels", f"{scene_id}_label", f"{scene_id}.labels"):
         for suffix in (".tif", *VECTOR_SUFFIXES):
             if (labels / f"{stem}{suffix}").is_file():
                 return labels / f"{stem}{suffix}"
-    raise FileNotFoundError(f"--labels {labels}: no labels for scene {scene_id!r} ({scene_id}.tif or "
+    raise FileNotFoundError(f"--labels {labels}: no labels for scene {scene_id!r} ({scene_id}[.labels].tif or "
                             f"{scene_id}{'/'.join(VECTOR_SUFFIXES)})")
 
 
@@ -130,5 +135,9 @@ def score_scene(class_path: Path, prob_path: Path, labels: Path, scene_id: str, 
                     raise ValueError(f"{path}: {t.height}x{t.width} labels for a {c.height}x{c.width} scene")
                 target = t.read(1)
     k = predictor.num_classes
+    foreign = np.unique(target[(target >= k) & (target != IGNORE_INDEX)])
+    if foreign.size:
+        raise ValueError(f"{path}: class ids {foreign.tolist()} are not among the model's {k} classes "
+                         f"{list(predictor.classes)} (255 = not scored)")
     pred_objects = instances if instances is not None else regions(np.where(pred == NODATA_CLASS, 0, pred), k, probs)
     return score_maps(pred, target, k, predictor.classes, pred_objects, gt_objects=gt_objects) | {"labels": str(path)}
