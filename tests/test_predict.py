@@ -513,6 +513,42 @@ def test_bit_depth_is_checked_and_an_untagged_uint16_scene_is_warned_about(tmp_p
     assert any("records no bit depth" in w for w in scn.inspect(scene, BGRN, 11, False).warnings)
 
 
+def test_untagged_uint16_scene_takes_its_bit_depth_from_the_vendor_sidecar(tmp_path):
+    """IMD bitsPerPixel 16 of a WV02 scene: 11-bit (no warning, an 8-bit model refuses it naming the sidecar);
+    bitsPerPixel 8: refused by an 11-bit model; an unknown sensor: the warning names it; tiles share the product's."""
+    from evaluation.predict import scenes as scn
+
+    untagged = write_scene(tmp_path / "scene.tif", 64, 64)
+    with rasterio.open(untagged) as src:
+        profile, data = src.profile, src.read()
+    profile.pop("nbits", None)
+
+    def scene_with(name: str, imd: str | None, xml: str | None = None):
+        path = tmp_path / f"{name}.tif"
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+            dst.descriptions = BGRN
+        if imd is not None:
+            (tmp_path / f"{name.split('_R')[0]}.IMD").write_text(imd)
+        if xml is not None:
+            path.with_suffix(".XML").write_text(xml)
+        return scn.discover(path)[0]
+
+    wv02 = 'satId = "WV02";\nbitsPerPixel = 16;\n'
+    assert scn.inspect(scene_with("wv02", wv02), BGRN, 11, False).warnings == []
+    with pytest.raises(scn.SceneError, match=r"11-bit digital numbers \(wv02b.IMD bitsPerPixel = 16 of a WV02"):
+        scn.inspect(scene_with("wv02b", wv02), BGRN, 8, False)
+    assert scn.inspect(scene_with("prod_R1C2", wv02), BGRN, 11, False).warnings == []  # the product's IMD
+    with pytest.raises(scn.SceneError, match="8-bit digital numbers"):
+        scn.inspect(scene_with("dra", 'satId = "WV03";\nbitsPerPixel = 8;\n'), BGRN, 11, False)
+    xml = "<isd><IMD><BITSPERPIXEL>16</BITSPERPIXEL><IMAGE><SATID>GE01</SATID></IMAGE></IMD></isd>"
+    assert scn.inspect(scene_with("ge01", None, xml), BGRN, 11, False).warnings == []
+    (warning,) = scn.inspect(scene_with("odd", 'satId = "XX09";\nbitsPerPixel = 16;\n'), BGRN, 11, False).warnings
+    assert "unknown sensor 'XX09'" in warning and "read as the model's 11-bit" in warning
+    (warning,) = scn.inspect(scene_with("bare", None), BGRN, 11, False).warnings
+    assert "no vendor sidecar" in warning
+
+
 def test_map_scene_for_report_writes_outputs_and_scores_like_score_scene(tmp_path):
     from PIL import Image
 

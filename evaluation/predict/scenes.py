@@ -1,6 +1,9 @@
 """Scenes to map: discovery (a GeoTIFF, a folder, a catalog CSV), band names from the scene's metadata, and the
 checks that run before any inference (CRS, bands the model needs, bit depth).
 
+Bit depth, first found wins: the ``NBITS`` (or ``BIT_DEPTH``) tag; uint8 data; the vendor sidecar's
+``bitsPerPixel`` (``vendor_bit_depth``); else the model's, with a warning in the summary.
+
 Band names, first found wins: the GeoTIFF band descriptions; the ``BEGIN_GROUP = BAND_x`` groups of a Maxar ``.IMD``
 sidecar (``BAND_C, BAND_B, ..., BAND_N2``, in file order); a ``bands`` column of the catalog row; ``--bands``.
 Common spellings (``NIR1``, ``Near-IR``, ``red edge``, ``coastal blue``) map to the canonical names of
@@ -19,6 +22,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from arctic_vit.bands import CANONICAL_BANDS
+from training.curate.metadata import _sidecar as vendor_sidecar  # the scene's own or its tiled product's
 from training.curate.metadata import read_acquisition
 
 SCENE_SUFFIXES = (".tif", ".tiff")
@@ -29,6 +33,11 @@ BAND_ALIASES = {
     "nir": "nir", "nir1": "nir", "nir_1": "nir", "near-ir": "nir", "near-ir1": "nir", "near infrared": "nir",
     "n": "nir", "nir2": "nir2", "nir_2": "nir2", "near-ir2": "nir2", "n2": "nir2",
 }
+# Dynamic range of the multispectral (VNIR) digital numbers per sensor (Maxar/DigitalGlobe product guides): a
+# 16-bit delivery (IMD ``bitsPerPixel = 16``) holds these in a 16-bit container; an 8-bit one (DRA) holds 8 bits.
+SENSOR_DN_BITS = {"WV01": 11, "WV02": 11, "WV03": 11, "WV04": 11, "GE01": 11, "QB02": 11, "IK01": 11}
+_IMD_BITS = re.compile(r"^\s*bitsPerPixel\s*=\s*(\d+)\s*;?\s*$", re.IGNORECASE | re.MULTILINE)
+_XML_BITS = re.compile(r"<BITSPERPIXEL>\s*(\d+)\s*</BITSPERPIXEL>", re.IGNORECASE)
 _IMD_BAND_GROUP = re.compile(r"^\s*BEGIN_GROUP\s*=\s*BAND_([A-Z0-9]+)\s*$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -65,6 +74,26 @@ def imd_band_names(path: Path) -> tuple[str, ...]:
             groups = _IMD_BAND_GROUP.findall(imd.read_text(errors="replace"))
             return tuple(canonical_band(g) or f"?{g}" for g in groups)
     return ()
+
+
+def vendor_bit_depth(path: Path, sensor: str | None) -> tuple[int | None, str]:
+    """DN bit depth from the vendor sidecar (``.IMD`` / ``.XML`` ``bitsPerPixel``) -> (bits or None, how it was read).
+
+    ``bitsPerPixel`` is the product's container: 8 -> 8-bit DNs; 16 -> the sensor's dynamic range
+    (``SENSOR_DN_BITS``: 11 for WorldView / GeoEye / QuickBird / IKONOS VNIR), None for a sensor not in the table."""
+    for suffixes, pattern in (((".IMD", ".imd"), _IMD_BITS), ((".XML", ".xml"), _XML_BITS)):
+        sidecar = vendor_sidecar(path, suffixes)
+        match = pattern.search(sidecar.read_text(errors="replace")) if sidecar is not None else None
+        if match is None:
+            continue
+        container = int(match.group(1))
+        if container <= 8:
+            return container, f"{sidecar.name} bitsPerPixel = {container}"
+        bits = SENSOR_DN_BITS.get(str(sensor or "").upper())
+        if bits is None:
+            return None, f"{sidecar.name} bitsPerPixel = {container} of an unknown sensor {sensor!r}"
+        return bits, f"{sidecar.name} bitsPerPixel = {container} of a {sensor} scene"
+    return None, "no vendor sidecar with bitsPerPixel"
 
 
 def scene_band_names(src, path: Path, catalog_row: dict | None, override: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -157,15 +186,22 @@ def inspect(scene: Scene, model_bands: tuple[str, ...], bit_depth: int, allow_un
                 scene.crs = src.crs.to_string()
             dtype = src.dtypes[scene.band_indexes[0] - 1]
             tag = src.tags(scene.band_indexes[0], "IMAGE_STRUCTURE").get("NBITS") or src.tags().get("BIT_DEPTH")
-            scene_bits = int(tag) if tag and str(tag).isdigit() else (8 if dtype == "uint8" else None)
-            if scene_bits is not None and scene_bits != bit_depth:
-                raise SceneError(f"{scene.path}: {scene_bits}-bit digital numbers but the model expects "
-                                 f"{bit_depth}-bit (its corpus contract); rescale the scene first")
-            if scene_bits is None:  # uint16 without an NBITS / BIT_DEPTH tag: said in the summary, never silent
-                scene.warnings.append(f"{dtype} scene records no bit depth (NBITS); read as the model's "
-                                      f"{bit_depth}-bit digital numbers")
-    scene.acquired = read_acquisition(scene.path, scene.catalog_row).acquired
+    acquisition = read_acquisition(scene.path, scene.catalog_row)
+    scene.acquired = acquisition.acquired
+    if tag and str(tag).isdigit():
+        scene_bits, source = int(tag), "NBITS tag"
+    elif dtype == "uint8":
+        scene_bits, source = 8, "uint8 data"
+    else:  # uint16 without an NBITS / BIT_DEPTH tag: the vendor sidecar, else a warning (never silent)
+        scene_bits, source = vendor_bit_depth(scene.path, acquisition.sensor)
+    if scene_bits is not None and scene_bits != bit_depth:
+        raise SceneError(f"{scene.path}: {scene_bits}-bit digital numbers ({source}) but the model expects "
+                         f"{bit_depth}-bit (its corpus contract); rescale the scene first")
+    if scene_bits is None:
+        scene.warnings.append(f"{dtype} scene records no bit depth (no NBITS tag; {source}); read as the model's "
+                              f"{bit_depth}-bit digital numbers")
     return scene
 
 
-__all__ = ["RasterioError", "Scene", "SceneError", "discover", "inspect", "match_bands", "scene_band_names"]
+__all__ = ["RasterioError", "Scene", "SceneError", "discover", "inspect", "match_bands", "scene_band_names",
+           "vendor_bit_depth"]
