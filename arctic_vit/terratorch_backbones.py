@@ -20,8 +20,9 @@ a pyramid for a convolutional decoder::
     )
 
 In a TerraTorch YAML config the same keys go under ``model.init_args.model_args`` (``backbone_bands``,
-``backbone_ckpt_path``, ``necks``); the registration needs this module imported, e.g. through TerraTorch's
-``custom_modules_path`` pointing at a folder whose one file reads ``import arctic_vit.terratorch_backbones``.
+``backbone_ckpt_path``, ``necks``); the registration needs this module imported: TerraTorch imports a package folder
+``custom_modules/`` in the working directory (or the one ``terratorch fit --custom_modules_path DIR`` names), so an
+``__init__.py`` there reading ``import arctic_vit.terratorch_backbones`` is enough.
 
 Bands: a band the weights lack gets a zero kernel and the average statistics (``arctic_vit.models``), so the
 pretrained function is unchanged at the start of finetuning. ``backbone_pretrained=True`` without a
