@@ -19,6 +19,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import timm
+
+import arctic_vit  # noqa: F401  (registers the family with timm)
 
 TIMM_CONFTEST = '''
 import os
@@ -33,6 +36,9 @@ def pytest_collection_modifyitems(config, items):
     config.hook.pytest_deselected(items=drop)
     items[:] = keep
 '''
+
+TIMM_VIT_ROUTE = "NON_STD_FILTERS = [\n    'vit_*',"
+"""Start of timm's name filter that sends ViTs to test_model_default_cfgs_non_std."""
 
 SMP_CONFTEST = '''
 import functools, os
@@ -86,28 +92,54 @@ def _source(variable: str) -> Path:
     return Path(value)
 
 
-def _outcomes(root: Path, *args: str) -> Counter:
-    """Run pytest in ``root`` and count (test function, outcome) from its -rA summary."""
-    env = dict(os.environ, PYTHONPATH=str(root))
+def _outcomes(root: Path, *args: str) -> tuple[Counter, dict[str, set[str]]]:
+    """Run pytest in ``root``: count (test function, outcome) from its -rA summary, and collect each function's
+    failure messages."""
+    env = dict(os.environ, PYTHONPATH=str(root), COLUMNS="1000")  # summary lines unabridged
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "--tb=no",
                            "-W", "ignore", *args], cwd=root, env=env, capture_output=True, text=True, timeout=3600)
-    found = re.findall(r"^(PASSED|FAILED|ERROR) \S+::(?:\w+::)?(\w+)", done.stdout, re.MULTILINE)
+    found = re.findall(r"^(PASSED|FAILED|ERROR) \S+::(?:\w+::)?(\w+)\S*(?: - (.*))?$", done.stdout, re.MULTILINE)
     assert found, done.stdout[-3000:] + done.stderr[-3000:]
-    return Counter((name, outcome) for outcome, name in found)
+    print(root.name, Counter(outcome for outcome, _, _ in found))  # the record for the closing note (pytest -s)
+    messages: dict[str, set[str]] = {}
+    for outcome, name, message in found:
+        if outcome != "PASSED":
+            messages.setdefault(name, set()).add(message)
+    return Counter((name, outcome) for outcome, name, _ in found), messages
+
+
+def _timm_tests(root: Path, src: Path, route_family_as_vit: bool) -> Path:
+    """timm's tests/test_models.py (bodies untouched) and the family-selecting conftest under ``root``; with
+    ``route_family_as_vit`` the family's names join timm's ``NON_STD_FILTERS``, next to ``'vit_*'``."""
+    (root / "tests").mkdir(parents=True)
+    text = (src / "tests" / "test_models.py").read_text()
+    if route_family_as_vit:
+        assert text.count(TIMM_VIT_ROUTE) == 1, "timm's NON_STD_FILTERS no longer starts with 'vit_*'"
+        text = text.replace(TIMM_VIT_ROUTE, TIMM_VIT_ROUTE.replace("'vit_*'", "'arctic_mae_vit_*', 'vit_*'"))
+    (root / "tests" / "test_models.py").write_text(text)
+    (root / "tests" / "__init__.py").write_text("")
+    (root / "tests" / "conftest.py").write_text(TIMM_CONFTEST)
+    return root
 
 
 @pytest.mark.slow
 def test_timm_test_models_on_the_family(tmp_path):
     src = _source("ARCTIC_PEER_TIMM_SRC")
-    (tmp_path / "tests").mkdir()
-    shutil.copy(src / "tests" / "test_models.py", tmp_path / "tests")
-    (tmp_path / "tests" / "__init__.py").write_text("")
-    (tmp_path / "tests" / "conftest.py").write_text(TIMM_CONFTEST)
-    counts = _outcomes(tmp_path, "tests/test_models.py")
-    failed = {name for (name, outcome) in counts if outcome != "PASSED"}
-    # timm routes ViTs to test_model_default_cfgs_non_std by name ('vit_*'); the std variant checks NCHW pooling
-    assert failed <= {"test_model_default_cfgs"}, counts
-    assert counts[("test_model_forward", "PASSED")] == 5 and counts[("test_model_forward_torchscript", "PASSED")] == 5
+    family = len(timm.list_models("arctic*", include_tags=True))
+    counts, messages = _outcomes(_timm_tests(tmp_path / "as_is", src, False), "tests/test_models.py")
+    # timm picks the config test by name: fnmatch against NON_STD_FILTERS ('vit_*', 'deit*', 'eva_*', ...) sends its
+    # own ViTs to test_model_default_cfgs_non_std; 'arctic_mae_vit_*' matches none, so the family gets the standard
+    # variant, written for NCHW trunks: `assert outputs.shape[spatial_axis[0]] == pool_size[0]` on
+    # `outputs = model.forward_features(x)` with spatial_axis (2, 3). A timm VisionTransformer returns tokens
+    # (N, 1 + L, D) there, so no pool_size can pass (None, as for timm's ViTs, fails first with a TypeError).
+    assert counts[("test_model_default_cfgs", "FAILED")] == family, counts
+    assert messages == {"test_model_default_cfgs": {"TypeError: 'NoneType' object is not subscriptable"}}, messages
+    for name in ("test_model_forward", "test_model_backward", "test_model_forward_features", "test_model_forward_fx",
+                 "test_model_backward_fx", "test_model_forward_torchscript", "test_model_forward_fx_torchscript"):
+        assert counts[(name, "PASSED")] == family, counts
+    # routed as timm routes its own ViTs, the family passes the config test timm applies to ViTs
+    routed, _ = _outcomes(_timm_tests(tmp_path / "routed", src, True), "tests/test_models.py", "-k", "default_cfgs")
+    assert routed == Counter({("test_model_default_cfgs_non_std", "PASSED"): family}), routed
 
 
 @pytest.mark.slow
@@ -117,7 +149,7 @@ def test_smp_encoder_and_model_testers_on_the_family(tmp_path):
     (tmp_path / "tests" / "conftest.py").write_text(SMP_CONFTEST)
     (tmp_path / "tests" / "test_arctic_family.py").write_text(SMP_SELECTION)
     (tmp_path / "git.py").write_text(GIT_STANDIN)
-    counts = _outcomes(tmp_path, "tests/test_arctic_family.py")
+    counts, _ = _outcomes(tmp_path, "tests/test_arctic_family.py")
     failed = {name for (name, outcome) in counts if outcome != "PASSED"}
     # smp's model classes declare themselves scriptable; the arctic encoder refuses TorchScript with a message
     assert failed <= {"test_torch_script"}, counts
