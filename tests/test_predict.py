@@ -99,6 +99,10 @@ class ConvSegmenter(torch.nn.Module):
         return self.conv(x / 2047.0)
 
 
+def bf16_autocast():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
 def test_seam_streamed_scene_equals_whole_image_inference(tmp_path):
     path = write_scene(tmp_path / "seam.tif", 333, 301, seed=5)
     model = ConvSegmenter().eval()
@@ -111,6 +115,14 @@ def test_seam_streamed_scene_equals_whole_image_inference(tmp_path):
         whole = torch.softmax(model(whole_input), 1)[0].numpy()
     assert streamed.shape == whole.shape
     assert np.abs(streamed - whole).max() < 1e-5
+    # predict's default on a CPU with native bf16: bf16 autocast, channels-last, on both sides
+    model = model.to(memory_format=torch.channels_last)
+    with rasterio.open(path) as src:
+        bf16 = np.concatenate([s.probs for s in stream_semantic(src, (1, 2, 3, 4), model, 3, TILE, overlap=32,
+                                                                autocast=bf16_autocast)], axis=1)
+    with torch.inference_mode(), bf16_autocast():
+        whole_bf16 = torch.softmax(model(whole_input.contiguous(memory_format=torch.channels_last)).float(), 1)
+    assert np.abs(bf16 - whole_bf16[0].numpy()).max() < 1e-3
 
 
 def test_map_outputs(mapped, scenes):
@@ -243,7 +255,7 @@ def test_bad_inputs(model_dir, scenes, tmp_path):
     assert summary["totals"]["done"] == 1 and np.isnan(summary["scenes"][0]["km2_mapped"])
     assert json.loads((tmp_path / "o3" / "summary.json").read_text())["scenes"][0]["km2_mapped"] is None
     eight_bit = write_scene(tmp_path / "u8.tif", 80, 80, dtype="uint8")
-    with pytest.raises(ValueError, match="8-bit digital numbers but the model expects 11-bit"):
+    with pytest.raises(ValueError, match=r"8-bit digital numbers \(uint8 data\) but the model expects 11-bit"):
         predict(_cfg(model_dir, eight_bit, tmp_path / "o4"))
     unnamed = write_scene(tmp_path / "unnamed.tif", 80, 80, describe=False)
     with pytest.raises(ValueError, match="no band names for its 4 bands"):
@@ -335,8 +347,8 @@ def test_predictor_protocol_accepts_any_semantic_module(tmp_path):
                           tmp_path)
     path = write_scene(tmp_path / "c.tif", 100, 90, seed=9)
     scene = inspect(Scene(path, "c"), BGRN, 11, False)
-    record = predict_scene(scene, predictor, PredictConfig(model=tmp_path, input=path, out=tmp_path / "o",
-                                                           progress=False), torch.device("cpu"))
+    cfg = PredictConfig(model=tmp_path, input=path, out=tmp_path / "o", progress=False, precision="float32")
+    record = predict_scene(scene, predictor, cfg, torch.device("cpu"))
     with rasterio.open(tmp_path / "o" / "c" / "prob.tif") as src:
         probs = src.read().astype(np.float32) / 255
     with rasterio.open(path) as src, torch.no_grad():
@@ -392,10 +404,17 @@ def test_detections_become_scene_instances_and_paint_by_score():
     assert probs[1, 2, 23] == round(255 * 0.75) and classes[2, 21] == 1
 
 
-def test_bf16_precision_on_cpu_is_close_to_float32(model_dir, scenes, mapped, tmp_path):
+def test_bf16_precision_on_cpu_is_close_to_float32(model_dir, scenes, tmp_path):
+    from evaluation.predict.run import inference_precision
+    from training.pretrain import cpu_supports_bf16
+
+    auto = inference_precision("auto", torch.device("cpu"))
+    assert auto.dtype == (torch.bfloat16 if cpu_supports_bf16() else None)
     summary = predict(_cfg(model_dir, scenes / "s8.tif", tmp_path / "bf16", precision="bf16"))
     assert summary["identity"]["precision"] == "bf16"
-    with rasterio.open(tmp_path / "bf16" / "s8" / "prob.tif") as a, rasterio.open(mapped[1] / "s8" / "prob.tif") as b:
+    predict(_cfg(model_dir, scenes / "s8.tif", tmp_path / "fp32", precision="float32"))
+    with rasterio.open(tmp_path / "bf16" / "s8" / "prob.tif") as a, \
+            rasterio.open(tmp_path / "fp32" / "s8" / "prob.tif") as b:
         diff = np.abs(a.read().astype(int) - b.read().astype(int))
     assert diff.max() <= 0.05 * 255 and diff.mean() < 0.01 * 255
     with pytest.raises(ValueError, match="--precision 'fp8'"):
@@ -591,3 +610,35 @@ def test_map_scene_for_report_writes_outputs_and_scores_like_score_scene(tmp_pat
     assert record["scores"]["objects"]["ground_truth"] > 0
     again = map_scene_for_report(model_dir, scene, None, out)  # resumed: not redone, no scores asked
     assert again["scores"] is None and again["objects_per_class"] == record["objects_per_class"]
+
+
+@pytest.mark.parametrize("kind", ["nodata", "nan", "internal_mask", "no_mask"])
+def test_valid_pixels_equal_gdal_masks(tmp_path, kind):
+    """valid_pixels (masks derived from the data already read for nodata-only bands) == GDAL's read_masks."""
+    from rasterio.windows import Window
+
+    from evaluation.predict.stream import valid_pixels
+
+    rng = np.random.default_rng(4)
+    dtype = "float32" if kind == "nan" else "uint16"
+    data = rng.integers(0, 4, (3, 40, 50)).astype(dtype)  # many zeros, in some bands only
+    profile = dict(driver="GTiff", width=50, height=40, count=3, dtype=dtype, crs="EPSG:32606",
+                   transform=from_origin(500000, 7800000, 1, 1))
+    if kind == "nodata":
+        profile["nodata"] = 0
+    elif kind == "nan":
+        profile["nodata"] = float("nan")
+        data[data == 0] = np.nan
+    path = tmp_path / f"{kind}.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if kind == "internal_mask":
+            dst.write_mask((data.min(axis=0) != 3).astype(np.uint8) * 255)
+    window = Window(5, 3, 40, 30)
+    with rasterio.open(path) as src:
+        raw = src.read([1, 3], window=window)
+        expected = src.read_masks([1, 3], window=window).min(axis=0) > 0
+        got = valid_pixels(src, (1, 3), raw, window)
+    assert got.dtype == bool and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    assert (kind == "no_mask") == bool(got.all())

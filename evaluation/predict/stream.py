@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
 from evaluation.overlap import TileAccumulator, TileInstance, fill_invalid, pad_to_tile, tile_origins
@@ -52,16 +54,56 @@ def grid(height: int, width: int, tile: int, overlap: int) -> tuple[list[int], l
     return sorted({r for r, _ in origins}), sorted({c for _, c in origins}), ph, pw
 
 
+def valid_pixels(src, band_indexes: tuple[int, ...], data: np.ndarray, window: Window) -> np.ndarray:
+    """(h, w) bool: every band in ``band_indexes`` valid. Bands whose only mask is their nodata value (GDAL's
+    ``GMF_NODATA``) are masked from ``data`` itself, exactly as GDAL's mask would (value == nodata, or NaN for a NaN
+    nodata), without decoding the window a second time; per-dataset masks and alpha bands are read."""
+    flags = [src.mask_flag_enums[b - 1] for b in band_indexes]
+    if all(f == [MaskFlags.all_valid] for f in flags):
+        return np.ones(data.shape[1:], dtype=bool)
+    if all(f == [MaskFlags.nodata] for f in flags) and all(
+            _representable(src.nodatavals[b - 1], data.dtype) for b in band_indexes):
+        valid = np.ones(data.shape[1:], dtype=bool)
+        for band, values in zip(band_indexes, data):
+            nodata = src.nodatavals[band - 1]
+            valid &= ~np.isnan(values) if np.isnan(nodata) else values != np.array(nodata, dtype=values.dtype)
+        return valid
+    return src.read_masks(list(band_indexes), window=window).min(axis=0) > 0
+
+
+def _representable(value: float, dtype: np.dtype) -> bool:
+    if np.issubdtype(dtype, np.floating):
+        return True
+    info = np.iinfo(dtype)
+    return float(value).is_integer() and info.min <= value <= info.max
+
+
 def read_strip(src, band_indexes: tuple[int, ...], row: int, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Scene rows [row, row + tile) of ``band_indexes`` -> image (C, T', PW) float32 and valid (T', PW) bool."""
     h = min(tile, src.height - row)
     window = Window(0, row, src.width, h)
-    data = torch.from_numpy(src.read(list(band_indexes), window=window).astype(np.float32))
-    valid = torch.from_numpy(src.read_masks(list(band_indexes), window=window).min(axis=0) > 0)
+    raw = src.read(list(band_indexes), window=window)
+    valid = torch.from_numpy(valid_pixels(src, band_indexes, raw, window))
+    data = torch.from_numpy(raw.astype(np.float32))
     if h < tile or src.width < tile:
         data = pad_to_tile(data, tile)
         valid = pad_to_tile(valid[None].float(), tile)[0] > 0.5
     return data, valid
+
+
+def _prefetched(src, band_indexes: tuple[int, ...], rows: list[int], start: int, tile: int
+                ) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """(i, read_strip of tile row i) for i >= ``start``; strip i + 1 is read (decoded by GDAL, which releases the
+    GIL) in a background thread while strip i is computed. Only that thread touches ``src`` until it is joined."""
+    if start >= len(rows):
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read_strip") as pool:
+        pending = pool.submit(read_strip, src, band_indexes, rows[start], tile)
+        for i in range(start, len(rows)):
+            strip = pending.result()
+            if i + 1 < len(rows):
+                pending = pool.submit(read_strip, src, band_indexes, rows[i + 1], tile)
+            yield i, strip
 
 
 def _batches(image: torch.Tensor, valid: torch.Tensor, cols: list[int], tile: int, batch_size: int, state: StreamState):
@@ -91,9 +133,8 @@ def stream_semantic(src, band_indexes: tuple[int, ...], forward: Callable[[torch
     state = state or StreamState()
     rows, cols, ph, pw = grid(src.height, src.width, tile, overlap)
     autocast = autocast or contextlib.nullcontext
-    for i in range(state.next_row, len(rows)):
+    for i, (image, valid) in _prefetched(src, band_indexes, rows, state.next_row, tile):
         r = rows[i]
-        image, valid = read_strip(src, band_indexes, r, tile)
         acc = TileAccumulator(num_classes, tile, pw, tile, overlap, margin)
         if state.carry_probs is not None:
             h = state.carry_probs.shape[1]
@@ -101,7 +142,7 @@ def stream_semantic(src, band_indexes: tuple[int, ...], forward: Callable[[torch
             acc.weights[:h] = torch.from_numpy(state.carry_weights)
         for chunk, tiles, tile_valid in _batches(image, valid, cols, tile, batch_size, state):
             x = fill_invalid(tiles, tile_valid).to(device)
-            with torch.no_grad(), autocast():
+            with torch.inference_mode(), autocast():
                 logits = forward(x)
             acc.add(torch.softmax(logits.float(), dim=1).cpu(), [(0, c) for c in chunk])
         end = rows[i + 1] - r if i + 1 < len(rows) else ph - r  # local rows that are final now
