@@ -3,23 +3,28 @@
 Data regime: synthetic 4-band (blue, green, red, nir) 11-bit GeoTIFF scenes at 0.5 m GSD written here (smooth
 blobs + noise, deflate-tiled like vendor products, a nodata collar of 1/8 of the width on the left, as orthorectified
 strips have); random-init finetuned-model folders (``save_finetuned``) with the recipes' default heads (UPerNet,
-pyramid and decoder 256 channels), 224-px tiles, the default overlap (tile // 4 = 56 px); CPU, float32.
-Speed does not depend on the weights, so random init measures what trained weights would.
+pyramid and decoder 256 channels), 224-px tiles, the default overlap (tile // 4 = 56 px); CPU. Speed does not depend
+on the weights, so random init measures what trained weights would.
 
-- ``km2_per_hour``: ``predict()`` end to end (reads, inference, COGs, polygons) for the tiny and small encoders.
-- ``over_naive``: km²/h of ``predict()`` over the straightforward loop on the same scene and model (non-overlapping
-  windows read one at a time, one window per forward, written window by window); arms alternate, best of each.
-  Target >= 2. Also reported, not targets: ``no_overlap_over_naive`` (``--overlap 0``: the pipeline alone) and
-  ``bf16_over_naive`` (``--precision bf16`` on a CPU with native bf16, against the float32 loop).
+- ``km2_per_hour``: ``predict()`` end to end (model load and sha256 check, reads, inference, COGs, polygons) at its
+  default settings (precision ``auto``: on a CPU with native bf16 the encoder in float32 and the decoder under
+  bf16 autocast, else float32; channels-last; strips read ahead) for the tiny and small encoders.
+- ``over_naive``: km²/h of ``predict()`` (defaults) over the straightforward loop on the same scene and model
+  (non-overlapping windows read one at a time, one window per forward in float32, written window by window); arms
+  alternate within each round (ours, naive, ours in float32); min over rounds of each arm, and the per-round paired
+  ratios. Target >= 2. Also reported: ``float32_over_naive`` (``--precision float32``) and ``default_vs_float32``
+  (class agreement and probability differences of the default-precision map vs the float32 map of the same scene).
 - ``peak_rss_gb``: peak resident memory of a child process mapping one scene, a small and a 4x-wider scene
   (16x the pixels); the model is a 5x5-conv stand-in so that the 16k scene fits in minutes: what is measured is the
   pipeline (strip reads, blending buffers, GeoTIFF writes, COG conversion, polygons); a real model adds its
   constant weights and one batch of activations. Target: ratio <= 1.3.
 - ``seam_max_abs_diff``: streamed tiles-with-overlap vs whole-image probabilities of a translation-equivariant
-  model (the conv stand-in) on one scene; any seam shows up as a difference. Target <= 1e-3.
+  model (the conv stand-in) on one scene, both sides in float32 (``seam_max_abs_diff_bf16``: both under bf16
+  autocast); any seam shows up as a difference. Target <= 1e-3.
 
     python benchmarks/bench_predict.py --quick      # this 2-core machine: 672-px speed scenes, 1k vs 4k memory
-    python benchmarks/bench_predict.py              # 1344-px speed scenes, 4k vs 16k memory
+    python benchmarks/bench_predict.py --readme     # 1344-px speed scenes, 4k vs 16k memory; writes PREDICT.md
+    python benchmarks/bench_predict.py --readme-from evaluation/predict/benchmark.json   # the table only
 
 Prints one JSON object last; exits 1 when a target is missed.
 """
@@ -141,29 +146,54 @@ def naive(model: torch.nn.Module, scene: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def speed(work: Path, size: int, scene_size: int, threads: int, rounds: int, with_naive: bool) -> dict:
+def spread(seconds: list[float]) -> dict:
+    return {"min": min(seconds), "max": max(seconds), "all": seconds}
+
+
+def agreement(default_dir: Path, float32_dir: Path) -> dict:
+    """Default-precision outputs vs float32 outputs of the same scene: class agreement and probability difference
+    over valid pixels (probabilities as stored: uint8 round(255 p))."""
+    (a,), (b,) = (list(d.glob("*/class.tif")) for d in (default_dir, float32_dir))
+    with rasterio.open(a) as ca, rasterio.open(b) as cb, \
+            rasterio.open(a.with_name("prob.tif")) as pa, rasterio.open(b.with_name("prob.tif")) as pb:
+        class_a, class_b, prob_b = ca.read(1), cb.read(1), pb.read()
+        valid = class_b != 255
+        diff = np.abs(pa.read().astype(np.int16) - prob_b.astype(np.int16))[:, valid] / 255.0
+    # a random-init model's probabilities sit near 1/K, where any rounding flips the argmax: agreement is also
+    # reported over the pixels whose float32 top probability is >= 0.6 (and their share)
+    confident = valid & (prob_b.max(axis=0) >= 0.6 * 255)
+    return {"class_agreement": round(float((class_a[valid] == class_b[valid]).mean()), 5),
+            "class_agreement_where_float32_p_ge_0.6": round(float((class_a[confident] == class_b[confident]).mean()),
+                                                            5) if confident.any() else None,
+            "share_float32_p_ge_0.6": round(float(confident.sum() / valid.sum()), 5),
+            "prob_max_abs_diff": round(float(diff.max()), 4), "prob_mean_abs_diff": round(float(diff.mean()), 5)}
+
+
+def speed(work: Path, size: str, scene_size: int, threads: int, rounds: int, with_naive: bool) -> dict:
+    """Paired arms, alternated within each round: ours (default settings), the naive loop (float32), ours float32."""
     from evaluation.artefact import load_finetuned
 
     model_dir = model_folder(work / f"model_{size}", size)
     scene = write_scene(work / f"speed_{scene_size}.tif", scene_size)
     model = load_finetuned(model_dir).model
-    result: dict = {"ours_s": [], "naive_s": [], "ours_no_overlap_s": [], "ours_bf16_s": []}
-    for r in range(rounds):  # alternate arms so machine noise hits both
+    result: dict = {"ours_s": [], "naive_s": [], "ours_float32_s": []}
+    for r in range(rounds):  # alternate arms so machine noise hits all of them
         result["ours_s"].append(round(ours(model_dir, scene, work / f"out_{size}_{r}", threads), 2))
         if with_naive:
             result["naive_s"].append(round(naive(model, scene, work / f"naive_{size}_{r}.tif"), 2))
-            result["ours_no_overlap_s"].append(round(ours(model_dir, scene, work / f"out0_{size}_{r}", threads, 0), 2))
-            result["ours_bf16_s"].append(round(ours(model_dir, scene, work / f"outbf_{size}_{r}", threads,
-                                                    precision="bf16"), 2))
-        print(f"{size} round {r}: ours {result['ours_s'][-1]} s  naive {result['naive_s'][-1:] or '-'} s",
-              file=sys.stderr, flush=True)
+            result["ours_float32_s"].append(round(ours(model_dir, scene, work / f"out32_{size}_{r}", threads,
+                                                       precision="float32"), 2))
+        print(f"{size} round {r}: ours {result['ours_s'][-1]} s  naive {result['naive_s'][-1:] or '-'} s  "
+              f"ours float32 {result['ours_float32_s'][-1:] or '-'} s", file=sys.stderr, flush=True)
     area = km2(scene_size)
     result["km2_per_hour"] = round(area / min(result["ours_s"]) * 3600, 2)
     if with_naive:
         result["naive_km2_per_hour"] = round(area / min(result["naive_s"]) * 3600, 2)
         result["over_naive"] = round(min(result["naive_s"]) / min(result["ours_s"]), 3)
-        result["no_overlap_over_naive"] = round(min(result["naive_s"]) / min(result["ours_no_overlap_s"]), 3)
-        result["bf16_over_naive"] = round(min(result["naive_s"]) / min(result["ours_bf16_s"]), 3)
+        paired = [n / o for n, o in zip(result["naive_s"], result["ours_s"])]
+        result["over_naive_per_round"] = {"min": round(min(paired), 3), "max": round(max(paired), 3)}
+        result["float32_over_naive"] = round(min(result["naive_s"]) / min(result["ours_float32_s"]), 3)
+        result["default_vs_float32"] = agreement(work / f"out_{size}_0", work / f"out32_{size}_0")
     return result
 
 
@@ -223,18 +253,28 @@ def peak_rss(work: Path, sizes: tuple[int, int]) -> dict:
     return {"peak_rss_gb": out, "peak_rss_ratio": round(large / small, 3), "pixels_ratio": (sizes[1] / sizes[0]) ** 2}
 
 
-def seam(work: Path, size: int = 700) -> float:
+def seam(work: Path, precision: str, size: int = 700) -> float:
+    """Max |streamed tiles-with-overlap - whole-image| probability of the conv stand-in, both sides at
+    ``precision`` (``evaluation.predict.run.inference_precision``) with channels-last input, as predict runs."""
+    from evaluation.predict.run import inference_precision
     from evaluation.predict.stream import stream_semantic
 
-    scene = write_scene(work / "seam.tif", size, seed=2)
-    model = ConvStandIn().eval()
+    scene = work / "seam.tif"
+    if not scene.exists():
+        write_scene(scene, size, seed=2)
+    autocast = inference_precision(precision, torch.device("cpu")).autocast
+    model = ConvStandIn().eval().to(memory_format=torch.channels_last)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return model(x.contiguous(memory_format=torch.channels_last))
+
     with rasterio.open(scene) as src:
-        streamed = np.concatenate([s.probs for s in stream_semantic(src, (1, 2, 3, 4), model, len(CLASSES), TILE,
-                                                                    TILE // 4)], axis=1)
+        streamed = np.concatenate([s.probs for s in stream_semantic(src, (1, 2, 3, 4), forward, len(CLASSES), TILE,
+                                                                    TILE // 4, autocast=autocast)], axis=1)
         image = torch.from_numpy(src.read().astype(np.float32))
         valid = torch.from_numpy(src.read_masks().min(axis=0) > 0)
-    with torch.no_grad():
-        whole = torch.softmax(model(image[None]), 1)[0] * valid
+    with torch.inference_mode(), autocast():
+        whole = torch.softmax(forward(image[None]).float(), 1)[0] * valid
     # nodata pixels feed neither (tiles fill them with their valid mean, the whole image holds 0 there), so compare
     # away from the collar by the conv's reach
     keep = np.zeros(valid.shape, dtype=bool)
@@ -242,42 +282,128 @@ def seam(work: Path, size: int = 700) -> float:
     return float(np.abs(streamed - whole.numpy())[:, keep].max())
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="sizes for a 2-core machine")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a shared 2-core box)")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--rss-child", nargs=2, metavar=("SCENE", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.rss_child:
-        rss_child(Path(args.rss_child[0]), Path(args.rss_child[1]))
-        return 0
+def precision_name() -> str:
+    from evaluation.predict.run import decoder_bf16
+
+    return "float32 encoder, bf16 decoder" if decoder_bf16("auto", torch.device("cpu")) else "float32"
+
+
+def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     speed_px, rss_sizes = (672, (1024, 4096)) if args.quick else (1344, (4096, 16384))
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
         work = Path(tmp)
-        seam_diff = seam(work)
+        seams = {"float32": seam(work, "float32"), "bf16": seam(work, "bf16")}
         tiny = speed(work, "tiny", speed_px, args.threads, args.rounds, with_naive=True)
         small = speed(work, "small", speed_px, args.threads, 1, with_naive=False)
         memory = peak_rss(work, rss_sizes)
     result = {
         "regime": f"synthetic 4-band 11-bit GeoTIFF, {GSD} m GSD, 1/8 nodata collar; random-init UPerNet models, "
-                  f"tile {TILE}, overlap {TILE // 4}; CPU float32, {args.threads} torch thread(s)",
-        "quick": args.quick, "speed_scene_px": speed_px, "speed_scene_km2": round(km2(speed_px), 4),
+                  f"tile {TILE}, overlap {TILE // 4}; CPU, {args.threads} torch thread(s); ours at its default "
+                  f"precision ({precision_name()}, channels-last), the naive loop in float32",
+        "quick": args.quick, "cpu": cpu_name(), "default_precision": precision_name(),
+        "load_average_before": load_before, "load_average_after": Path("/proc/loadavg").read_text().split()[:3],
+        "speed_scene_px": speed_px, "speed_scene_km2": round(km2(speed_px), 4),
         "km2_per_hour": {"tiny": tiny["km2_per_hour"], "small": small["km2_per_hour"]},
         "naive_km2_per_hour_tiny": tiny["naive_km2_per_hour"], "over_naive": tiny["over_naive"],
-        "no_overlap_over_naive": tiny["no_overlap_over_naive"], "bf16_over_naive": tiny["bf16_over_naive"],
+        "over_naive_per_round": tiny["over_naive_per_round"], "float32_over_naive": tiny["float32_over_naive"],
+        "default_vs_float32": tiny["default_vs_float32"],
         "tiles": {"ours": tiles(speed_px, TILE // 4), "naive": tiles(speed_px, 0)},
-        "seconds": {"tiny_ours": tiny["ours_s"], "tiny_naive": tiny["naive_s"],
-                    "tiny_ours_no_overlap": tiny["ours_no_overlap_s"], "tiny_ours_bf16": tiny["ours_bf16_s"],
-                    "small_ours": small["ours_s"]},
-        **memory, "seam_max_abs_diff": seam_diff, "targets": TARGETS,
+        "seconds": {"tiny_ours": spread(tiny["ours_s"]), "tiny_naive": spread(tiny["naive_s"]),
+                    "tiny_ours_float32": spread(tiny["ours_float32_s"]), "small_ours": spread(small["ours_s"])},
+        **memory, "seam_max_abs_diff": seams["float32"], "seam_max_abs_diff_bf16": seams["bf16"],
+        "targets": TARGETS,
     }
-    missed = [k for k, limit in TARGETS.items()
-              if (result[k] < limit if k == "over_naive" else result[k] > limit)]
-    result["missed"] = missed
+    result["missed"] = [k for k, limit in TARGETS.items()
+                        if (result[k] < limit if k == "over_naive" else result[k] > limit)]
+    return result
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+MARK_START, MARK_END = "<!-- predict-benchmark:start -->", "<!-- predict-benchmark:end -->"
+
+
+def render_readme(result: dict) -> str:
+    """The benchmark table of evaluation/PREDICT.md from a benchmark JSON."""
+    s, t = result["seconds"], result["targets"]
+    agree = result["default_vs_float32"]
+    rss = result["peak_rss_gb"]
+    (small_px, small_rss), (large_px, large_rss) = ((k, v["peak_rss_gb"]) for k, v in rss.items())
+
+    def arm(name: str) -> str:
+        return f"{s[name]['min']} s ({s[name]['min']}-{s[name]['max']} over {len(s[name]['all'])} rounds)"
+
+    def met(key: str) -> str:
+        return "missed" if key in result["missed"] else "met"
+
+    rows = [
+        ("`km2_per_hour` tiny / small, end to end", f"{result['km2_per_hour']['tiny']} / "
+         f"{result['km2_per_hour']['small']} km²/h", "–"),
+        ("ours, tiny, default precision", arm("tiny_ours"), "–"),
+        ("naive loop, tiny, float32", f"{arm('tiny_naive')}: {result['naive_km2_per_hour_tiny']} km²/h", "–"),
+        ("ours, tiny, `--precision float32`", arm("tiny_ours_float32"), "–"),
+        (f"`over_naive` (min / min; per round {result['over_naive_per_round']['min']}-"
+         f"{result['over_naive_per_round']['max']}; {result['tiles']['ours']} overlapping forwards vs "
+         f"{result['tiles']['naive']})", f"**{result['over_naive']}**", f"≥ {t['over_naive']} ({met('over_naive')})"),
+        ("`float32_over_naive` (ours in float32, not a target)", str(result["float32_over_naive"]), "–"),
+        ("default vs float32 maps: class agreement (all valid pixels; where float32 p ≥ 0.6, share of such "
+         "pixels) / max / mean abs probability difference",
+         f"{agree['class_agreement']} ({agree['class_agreement_where_float32_p_ge_0.6']}, "
+         f"{agree['share_float32_p_ge_0.6']}) / {agree['prob_max_abs_diff']} / {agree['prob_mean_abs_diff']}", "–"),
+        (f"`peak_rss_gb` {small_px} / {large_px} scene", f"{small_rss} / {large_rss} GB", "–"),
+        ("`peak_rss_ratio`", f"**{result['peak_rss_ratio']}**", f"≤ {t['peak_rss_ratio']} ({met('peak_rss_ratio')})"),
+        ("`seam_max_abs_diff` (float32 both sides) / bf16 autocast both sides",
+         f"**{result['seam_max_abs_diff']:.2g}** / {result['seam_max_abs_diff_bf16']:.2g}",
+         f"≤ {t['seam_max_abs_diff']} ({met('seam_max_abs_diff')})"),
+    ]
+    mode = "quick" if result["quick"] else "full"
+    head = (f"Generated by `benchmarks/bench_predict.py --readme` ({mode} mode, {result['speed_scene_px']}-px speed "
+            f"scene of {result['speed_scene_km2']} km²; CPU {result['cpu']}; default precision "
+            f"{result['default_precision']}; load average {' '.join(result['load_average_before'])} before, "
+            f"{' '.join(result['load_average_after'])} after; JSON: `evaluation/predict/benchmark.json`).")
+    table = ["| figure | measured | target |", "| --- | --- | --- |", *(f"| {a} | {b} | {c} |" for a, b, c in rows)]
+    return "\n".join([MARK_START, head, "", *table, MARK_END])
+
+
+def write_readme(result: dict) -> None:
+    readme = REPO / "evaluation" / "PREDICT.md"
+    text = readme.read_text()
+    if MARK_START not in text or MARK_END not in text:
+        raise ValueError(f"{readme}: no {MARK_START} ... {MARK_END} block to replace")
+    before, rest = text.split(MARK_START, 1)
+    after = rest.split(MARK_END, 1)[1]
+    readme.write_text(before + render_readme(result) + after)
+    (REPO / "evaluation" / "predict" / "benchmark.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="sizes for a 2-core machine")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a shared 2-core box)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--readme", action="store_true",
+                        help="write the table in evaluation/PREDICT.md and evaluation/predict/benchmark.json")
+    parser.add_argument("--readme-from", metavar="JSON", help="only regenerate the PREDICT.md table from this JSON")
+    parser.add_argument("--rss-child", nargs=2, metavar=("SCENE", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(Path(args.rss_child[0]), Path(args.rss_child[1]))
+        return 0
+    if args.readme_from:
+        write_readme(json.loads(Path(args.readme_from).read_text()))
+        return 0
+    result = run(args)
     print(json.dumps(result))
-    return 1 if missed else 0
+    if args.readme:
+        write_readme(result)
+    return 1 if result["missed"] else 0
 
 
 if __name__ == "__main__":

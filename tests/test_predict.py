@@ -14,7 +14,7 @@ from rasterio.transform import from_origin
 from scipy import ndimage
 
 from arctic_vit.corpus import CorpusContract
-from evaluation.artefact import Predictor, save_finetuned
+from evaluation.artefact import Predictor, load_finetuned, save_finetuned
 from evaluation.overlap import tile_origins
 from evaluation.predict import PredictConfig, predict
 from evaluation.predict.__main__ import main
@@ -405,11 +405,20 @@ def test_detections_become_scene_instances_and_paint_by_score():
 
 
 def test_bf16_precision_on_cpu_is_close_to_float32(model_dir, scenes, tmp_path):
-    from evaluation.predict.run import inference_precision
+    from evaluation.predict.run import _forward, decoder_bf16, inference_precision
     from training.pretrain import cpu_supports_bf16
 
-    auto = inference_precision("auto", torch.device("cpu"))
-    assert auto.dtype == (torch.bfloat16 if cpu_supports_bf16() else None)
+    cpu = torch.device("cpu")
+    assert inference_precision("auto", cpu).dtype is None
+    assert decoder_bf16("auto", cpu) == cpu_supports_bf16() and not decoder_bf16("float32", cpu)
+    predictor = load_finetuned(model_dir)
+    x = torch.from_numpy(np.random.default_rng(0).integers(100, 2000, (2, 4, TILE, TILE)).astype(np.float32))
+    with torch.inference_mode():
+        reference = predictor.model(x)
+        torch.testing.assert_close(_forward(predictor, torch.zeros(1, 2), cpu, False)(x), reference)  # channels-last
+        mixed = _forward(predictor, torch.zeros(1, 2), cpu, True)(x).float()  # encoder float32, decoder bf16
+    assert mixed.shape == reference.shape
+    assert (torch.softmax(mixed, 1) - torch.softmax(reference, 1)).abs().max() < 0.02
     summary = predict(_cfg(model_dir, scenes / "s8.tif", tmp_path / "bf16", precision="bf16"))
     assert summary["identity"]["precision"] == "bf16"
     predict(_cfg(model_dir, scenes / "s8.tif", tmp_path / "fp32", precision="float32"))
