@@ -1,29 +1,35 @@
-"""The end-to-end demo: a raw scene archive to a published backbone and a comparison table, on 2 CPU cores.
+"""The curation experiment, end to end on 2 CPU cores: what does curating the pretraining pool buy?
 
-    make demo                                         # default size (~10-15 min on 2 cores)
-    python -m evaluation.demo --size quick            # CI size (a few minutes)
+    make demo                                         # default size (<= 15 min on 2 idle cores)
+    python -m evaluation.demo --size quick            # CI size (about 2 min)
+    python -m evaluation.demo --size paper-cpu        # the larger version the README quotes (<= 2 h)
     python -m evaluation.demo --archive PATH          # your own folder of GeoTIFF scenes (+ sidecars)
     python -m evaluation.demo --real                  # the real MAPLE chips in ../shared/data/maple_iwp
 
 Stages (each calls the public function of its module, so every step is also a command of its own):
-archive (``training.synthetic``) → curation (``training.curate``) → pack the curated selection and a random subset
-of the same size (``training.pack``) → tiny MAE on each (``training.pretrain``) → export to hub folders
-(``training.export``) → reload through ``timm.create_model('arctic_mae_vit_tiny_patch16_224', pretrained=True,
-pretrained_cfg_overlay=dict(file=FOLDER))`` and plain timm ``local-dir:`` → finetune/evaluate MAE-on-curated vs
-MAE-on-random-subset vs random init (``evaluation.finetune``) → model card and ``REPORT.md``.
-All outputs go to one folder (``--out``, default ``outputs/demo``); REPORT.md describes its layout. The numbers are
-reported as measured, whichever way they fall.
+a skewed archive (``training.synthetic``, profile ``arctic``) → curation (``training.curate``) → equal-budget pools
+from the same accepted chips: curated, random subset, k-means selection, the whole archive
+(``evaluation.demo_pools``) with their selection diagnostics (``evaluation.demo_diagnostics``) → pack and the same
+tiny MAE recipe, steps and seed on each (``training.pack``, ``training.pretrain``) → export and reload through
+``timm.create_model('arctic_mae_vit_tiny_patch16_224', pretrained=True, pretrained_cfg_overlay=dict(file=FOLDER))``
+and plain timm ``local-dir:`` → two measurements per pool against random init: frozen-encoder probes
+(``evaluation.probes``, on a held-out archive of the same profile) and finetuning under the evaluation protocol
+(``evaluation.finetune``) → one mapped scene (``evaluation.predict``) → model card and ``REPORT.md``
+(``evaluation.demo_report``). The numbers are reported as measured, whichever way they fall.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
+import math
 import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,30 +39,77 @@ import pandas as pd
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAPLE = REPO_ROOT.parent / "shared" / "data" / "maple_iwp"
 ENCODER = "arctic_mae_vit_tiny_patch16_224"
-VARIANTS = ("mae_curated", "mae_random_subset")
-LABELS = {"mae_curated": "arctic_mae_vit_tiny (MAE on curated chips)",
-          "mae_random_subset": "arctic_mae_vit_tiny (MAE on a random subset, same size)",
-          "random_init": "random_vit_tiny (random init)"}
+REFERENCE = "random_init"
+IMAGENET = ("imagenet_supervised_vit_large", "vit_tiny_patch16_224")
+"""The ImageNet reference when local weights are given (``--imagenet FILE``): evaluation's ImageNet backbone with
+the architecture replaced by timm's ViT-Tiny/16 (``backbone.arch``), loaded from the file; never downloaded."""
+PRETRAIN_BATCH = 16  # training/configs/pretrain_demo.yaml
+REAL_CPU_OVERRIDES = ("model.pyramid_channels=64", "model.decoder_channels=64", "train.batch_size=4",
+                      "train.crops_per_image=1", "train.threads=2")
+"""--real: the MAPLE recipe at the synthetic recipes' CPU head size (its default threads=8 oversubscribes 2 cores)."""
 
 
 @dataclass(frozen=True)
 class DemoSize:
-    scenes: int
+    scenes: int  # pretraining archive: scenes of scene_px x scene_px
     scene_px: int
     chip_px: int
-    budget: int
-    pretrain_epochs: int
+    budget: int  # chips per pool (curated, random, k-means)
+    pretrain_steps: int  # the same for every pool (whole archive included): steps, not epochs
     pretrain_img: int
+    whole_archive: bool  # also pretrain on every accepted chip
+    probe_scenes: int  # held-out probe archive (same profile, another seed)
+    probe_seeds: tuple[int, ...]
     finetune_epochs: int
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # finetuning seeds
     tasks: tuple[str, ...]
+    task_scenes: int  # labelled finetuning archive (balanced profile, another seed): 20 % of scenes are the test split
+    task_scene_px: int
+    coverage_fractions: tuple[float, ...]
+    map_scene: bool
+    real_budget: int  # --real: chips per pool from the ~200 MAPLE chips (same steps)
+    n_boot: int  # bootstrap resamples of every interval (probes and finetuning)
+
+    def validate(self, name: str) -> None:
+        """Every bound the experiment needs, checked before any work (one message naming the key)."""
+        checks = {
+            "scenes": self.scenes >= 1, "scene_px": self.scene_px >= self.chip_px, "chip_px": self.chip_px >= 64,
+            "budget": self.budget >= PRETRAIN_BATCH,
+            "pretrain_steps": self.pretrain_steps >= 1 and self.pretrain_steps % (self.budget // PRETRAIN_BATCH) == 0,
+            "pretrain_img": self.pretrain_img % 16 == 0 and self.pretrain_img <= self.chip_px,
+            "probe_scenes": self.probe_scenes >= 2, "probe_seeds": len(self.probe_seeds) >= 5,
+            "finetune_epochs": self.finetune_epochs >= 1, "seeds": len(self.seeds) >= 1,
+            "tasks": bool(self.tasks) and set(self.tasks) <= {"iwp", "rts", "tcn", "infrastructure"},
+            "task_scenes": self.task_scenes >= 5, "task_scene_px": self.task_scene_px >= 512,
+            "coverage_fractions": all(0 < f <= 1 for f in self.coverage_fractions), "n_boot": self.n_boot >= 100,
+            "real_budget": self.real_budget >= PRETRAIN_BATCH
+            and self.pretrain_steps % (self.real_budget // PRETRAIN_BATCH) == 0,
+        }
+        bad = [key for key, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"demo size {name!r}: invalid {', '.join(bad)} ({ {k: getattr(self, k) for k in bad} }): "
+                             "see evaluation.demo.DemoSize.validate")
+        chips = self.scenes * (self.scene_px // self.chip_px) ** 2
+        if chips < self.budget:
+            raise ValueError(f"demo size {name!r}: {self.scenes} scenes of {self.scene_px} px give {chips} chips of "
+                             f"{self.chip_px} px, fewer than the budget of {self.budget}")
 
 
 SIZES = {
-    "quick": DemoSize(scenes=4, scene_px=768, chip_px=128, budget=48, pretrain_epochs=4, pretrain_img=64,
-                      finetune_epochs=2, seeds=(0,), tasks=("iwp", "rts")),
-    "default": DemoSize(scenes=12, scene_px=1024, chip_px=128, budget=320, pretrain_epochs=60, pretrain_img=64,
-                        finetune_epochs=12, seeds=(0, 1, 2), tasks=("iwp", "rts", "tcn", "infrastructure")),
+    "quick": DemoSize(scenes=4, scene_px=768, chip_px=128, budget=48, pretrain_steps=12, pretrain_img=64,
+                      whole_archive=True, probe_scenes=4, probe_seeds=(0, 1, 2, 3, 4), finetune_epochs=2, seeds=(0,),
+                      tasks=("iwp",), task_scenes=5, task_scene_px=512, coverage_fractions=(0.2, 0.4), map_scene=True,
+                      real_budget=32, n_boot=200),
+    "default": DemoSize(scenes=12, scene_px=1024, chip_px=128, budget=320, pretrain_steps=600, pretrain_img=64,
+                        whole_archive=True, probe_scenes=6, probe_seeds=(0, 1, 2, 3, 4), finetune_epochs=8,
+                        seeds=(0, 1, 2), tasks=("iwp", "rts"), task_scenes=10, task_scene_px=512,
+                        coverage_fractions=(0.05, 0.1, 0.2, 0.3, 0.5), map_scene=True, real_budget=64,
+                        n_boot=500),
+    "paper-cpu": DemoSize(scenes=48, scene_px=1024, chip_px=128, budget=960, pretrain_steps=4200, pretrain_img=64,
+                          whole_archive=True, probe_scenes=16, probe_seeds=tuple(range(10)), finetune_epochs=15,
+                          seeds=(0, 1, 2), tasks=("iwp", "rts", "tcn", "infrastructure"), task_scenes=20,
+                          task_scene_px=512, coverage_fractions=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5), map_scene=True,
+                          real_budget=64, n_boot=1000),
 }
 
 
@@ -64,45 +117,43 @@ def log(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def make_archive(out: Path, size: DemoSize, seed: int) -> Path:
-    """A seeded synthetic scene archive with label rasters -> its folder."""
+class StageTimer:
+    """Wall seconds per stage (reported in REPORT.md and summary.json)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + now - self._start, 1)
+        self._start = now
+
+
+def make_archive(folder: Path, size: DemoSize, n_scenes: int, seed: int) -> Path:
+    """A seeded synthetic archive of the ``arctic`` profile (scene-type tables, label rasters) -> its folder."""
     from training.synthetic import generate_archive
 
-    folder = out / "archive"
-    paths = generate_archive(folder, n_scenes=size.scenes, size=size.scene_px, seed=seed, labels=True)
-    log(f"archive: {len(paths)} synthetic 11-bit BGRN scenes of {size.scene_px} px in {folder}")
+    paths = generate_archive(folder, n_scenes=n_scenes, size=size.scene_px, seed=seed, labels=True, profile="arctic")
+    log(f"archive: {len(paths)} synthetic 11-bit BGRN scenes of {size.scene_px} px (profile arctic) in {folder}")
     return folder
 
 
-def curate(archive: Path | str, out: Path, size: DemoSize, seed: int, chip_px: int) -> Path:
-    """Run curation on the archive -> manifest path."""
+def curate(archive: Path | str, out: Path, size: DemoSize, seed: int, chip_px: int) -> tuple[Path, dict]:
+    """Run curation on the archive -> (manifest path, resolved config)."""
     from training.config import load_config
     from training.curate import run_curation
 
     cfg = load_config(REPO_ROOT / "training" / "configs" / "curate.yaml", overrides=[
         f"input.path={archive}", f"out={out / 'curate'}", f"seed={seed}", f"select.budget={size.budget}",
-        f"tiling.chip_size={chip_px}", f"tiling.stride={chip_px}", "dask.n_workers=2",
+        f"tiling.chip_size={chip_px}", f"tiling.stride={chip_px}", "dask.n_workers=2", "progress=false",
     ])
     manifest = run_curation(cfg)
     table = pd.read_parquet(manifest)
     counts = table["selected"].sum(), (~table["selected"] & table["reject_reason"].isna()).sum()
     log(f"curation: {len(table)} candidate chips, {counts[0]} selected, {counts[1]} unselected, "
         f"{table['reject_reason'].notna().sum()} rejected -> {manifest}")
-    return manifest
-
-
-def random_subset_manifest(manifest: Path, out: Path, seed: int) -> Path:
-    """The same manifest with ``selected`` redrawn uniformly among accepted chips, same count (the baseline)."""
-    table = pd.read_parquet(manifest)
-    accepted = np.flatnonzero(table["reject_reason"].isna().to_numpy())
-    n = int(table["selected"].sum())
-    chosen = np.random.default_rng(seed).choice(accepted, size=n, replace=False)
-    table["selected"] = False
-    table.loc[table.index[chosen], "selected"] = True
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "manifest_random_subset.parquet"
-    table.to_parquet(path, index=False)
-    return path
+    return manifest, cfg
 
 
 def pack_contract(manifest: Path, out: Path, synthetic: bool) -> dict[str, Any]:
@@ -114,38 +165,64 @@ def pack_contract(manifest: Path, out: Path, synthetic: bool) -> dict[str, Any]:
         return {}
     if (out / "curate" / "corpus.json").is_file():
         contract = CorpusContract.read(out / "curate" / "corpus.json")
-        return {"bands": list(contract.bands), "bit_depth": contract.bit_depth, "gsd_m": contract.gsd_m}
+        return {"bands": list(contract.bands), "bit_depth": contract.bit_depth}
     if synthetic:
-        from training.synthetic import BANDS, BIT_DEPTH, GSD_M
+        from training.synthetic import BANDS, BIT_DEPTH
 
-        return {"bands": list(BANDS), "bit_depth": BIT_DEPTH, "gsd_m": GSD_M}
+        return {"bands": list(BANDS), "bit_depth": BIT_DEPTH}
     return {}
 
 
-def pack_and_pretrain(variant: str, manifest: Path, out: Path, size: DemoSize, seed: int,
+def pack_and_pretrain(pool: str, manifest: Path, out: Path, size: DemoSize, seed: int,
                       synthetic: bool = False) -> dict[str, Any]:
-    """Pack a manifest's selected chips, pretrain the tiny MAE on them, export -> {shards, run, export} paths."""
+    """Pack a pool's chips, run the demo MAE recipe for ``size.pretrain_steps`` steps, export -> facts of the run.
+
+    Steps are equal across pools (not epochs): ``epochs = ceil(steps / steps_per_epoch)`` and ``max_steps = steps``;
+    for the budget pools (a multiple of the batch) the cosine schedule ends exactly at the last step, for the whole
+    archive it spans ``epochs x steps_per_epoch`` >= steps (recorded as ``schedule_steps``).
+    """
     from training.config import load_config
     from training.export import export_checkpoint
     from training.pack import pack
     from training.pretrain import pretrain
 
-    shards = out / "shards" / variant
+    shards = out / "shards" / pool
     index = pack(shards, manifest=manifest, workers=1, **pack_contract(manifest, out, synthetic))
     n_chips = sum(s["count"] for s in index["shards"])
-    total_steps = max(1, -(-n_chips // 16)) * size.pretrain_epochs  # demo config: batch 16
+    per_epoch = n_chips // PRETRAIN_BATCH
+    if per_epoch == 0:
+        raise ValueError(f"pool {pool!r}: {n_chips} chips cannot fill one batch of {PRETRAIN_BATCH}")
+    epochs = math.ceil(size.pretrain_steps / per_epoch)
+    warmup = 0.1 * size.pretrain_steps / per_epoch
     cfg = load_config(REPO_ROOT / "training" / "configs" / "pretrain_demo.yaml", overrides=[
         f"data.shards={shards}", f"data.img_size={size.pretrain_img}", "data.num_workers=0",
-        f"optim.epochs={size.pretrain_epochs}", f"optim.warmup_epochs={max(1, size.pretrain_epochs // 10)}",
-        f"run.out_dir={out / 'pretrain' / variant}", f"run.seed={seed}", "run.progress=false",
-        f"run.vis_every={max(1, total_steps // 2)}", "run.resume=false",
+        f"optim.epochs={epochs}", f"optim.warmup_epochs={warmup}", f"run.max_steps={size.pretrain_steps}",
+        f"run.out_dir={out / 'pretrain' / pool}", f"run.seed={seed}", "run.progress=false",
+        f"run.vis_every={max(1, size.pretrain_steps // 2)}", "run.resume=false", "run.threads=1",
     ])
     summary = pretrain(cfg)
-    export = export_checkpoint(out / "pretrain" / variant, out / "export" / variant)  # carries the corpus contract
-    log(f"{variant}: {n_chips} chips packed, MAE {summary['step']} steps, last loss {summary['loss']:.4f}; "
-        f"exported to {export}")
-    return {"shards": shards, "run": out / "pretrain" / variant, "export": export, "summary": summary,
-            "chips": n_chips}
+    export = export_checkpoint(out / "pretrain" / pool, out / "export" / pool)  # carries the corpus contract
+    first, last = _loss_range(out / "pretrain" / pool)
+    log(f"{pool}: {n_chips} chips packed, MAE {summary['step']} steps ({epochs} epochs of {per_epoch}), "
+        f"loss {first} -> {last}; exported to {export}")
+    return {"chips": n_chips, "steps": int(summary["step"]), "schedule_steps": epochs * per_epoch,
+            "epochs": epochs, "first_loss": first, "last_loss": last, "export": export, "run": out / "pretrain" / pool}
+
+
+def pretrain_pools(manifests: dict[str, Path], out: Path, size: DemoSize, seed: int, synthetic: bool,
+                   jobs: int) -> dict[str, dict[str, Any]]:
+    """``pack_and_pretrain`` for every pool, ``jobs`` pools at a time in separate processes (one torch thread each:
+    two single-thread runs use 2 cores better than one run on two threads, and degrade gracefully on a loaded
+    machine) -> pool -> facts, in pool order."""
+    if jobs <= 1:
+        return {name: pack_and_pretrain(name, path, out, size, seed, synthetic) for name, path in manifests.items()}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(pack_and_pretrain, name, path, out, size, seed, synthetic)
+                   for name, path in manifests.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def reload_check(export: Path) -> dict[str, Any]:
@@ -164,40 +241,49 @@ def reload_check(export: Path) -> dict[str, Any]:
         same = torch.allclose(model(x), plain(x), atol=1e-5)
     if not same:
         raise RuntimeError(f"{export}: arctic_vit and plain timm loads disagree")
-    log(f"reloaded {export} with timm.create_model({ENCODER!r}, pretrained=True, ...) and local-dir: (outputs agree)")
     return {"bands": list(cfg["bands"]), "mean": list(cfg["mean"]), "std": list(cfg["std"]),
             "input_size": list(cfg["input_size"]), "plain_timm_agrees": same}
 
 
 def task_overrides(task: str, out: Path, size: DemoSize, seed: int) -> list[str]:
     """Recipe overrides cutting the task's labelled chips from a separate labelled archive (not the pretraining one)."""
-    generate = {"task": task, "scenes_dir": str(out / "tasks" / "scenes"), "scenes": max(3, size.scenes // 2),
-                "size": size.scene_px, "seed": seed + 1000, "chip_size": 128}
+    generate = {"task": task, "scenes_dir": str(out / "tasks" / "scenes"), "scenes": size.task_scenes,
+                "size": size.task_scene_px, "seed": seed + 1000, "chip_size": 128}
     return [f"dataset.card_overrides.root={out / 'tasks' / task}",
             f"dataset.card_overrides.generate={json.dumps(generate)}"]
 
 
-def evaluate(recipe: Path, exports: dict[str, Path], out: Path, size: DemoSize,
+def finetune(recipe: Path, contenders: dict[str, tuple[str, str | None]], out: Path, size: DemoSize,
              overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """MAE-on-curated vs MAE-on-random-subset vs random init on one recipe -> the comparison's card JSON."""
+    """Every pool's encoder and random init on one recipe, ``size.seeds`` each -> the comparison's card JSON, plus
+    ``curated_vs_random``: the paired hierarchical-bootstrap difference of the headline metric.
+
+    contenders: label -> (evaluation backbone name, weights); the ImageNet backbone runs with ``IMAGENET``'s arch."""
     from evaluation.finetune import load_recipe, run
-    from evaluation.report import write_report
+    from evaluation.report import bootstrap_metrics, load_per_image, write_report
 
     cfg = load_recipe(recipe, [f"train.epochs={size.finetune_epochs}", *overrides])
     root = out / "evaluation" / cfg["name"]
-    contenders = {v: ("arctic_mae_vit_tiny", str(exports[v])) for v in VARIANTS} | {"random_init": ("random_vit_tiny",
-                                                                                                      None)}
     runs: dict[str, list[dict]] = {}
     dirs: dict[str, list[Path]] = {}
     for label, (backbone, weights) in contenders.items():
+        own = cfg if backbone != IMAGENET[0] else {**cfg, "backbone": {**cfg["backbone"], "arch": IMAGENET[1]}}
         for seed in size.seeds:
             run_path = root / label / f"seed{seed}"
-            metrics = run(cfg, backbone, seed, weights, out_dir=run_path)
+            metrics = run(own, backbone, seed, weights, out_dir=run_path)
             runs.setdefault(label, []).append(metrics)
             dirs.setdefault(label, []).append(run_path)
-            log(f"{cfg['name']}: {label} seed {seed}: foreground mean F1 "
-                f"{metrics['scores'].get('foreground_mean_f1')}")
-    return write_report(runs, dirs, root / "compare", reference="random_init", n_boot=500)
+            log(f"{cfg['name']}: {label} seed {seed}: {metrics['headline_metric']} "
+                f"{metrics['scores'].get(metrics['headline_metric'])}")
+    card = write_report(runs, dirs, root / "compare", reference=REFERENCE, n_boot=size.n_boot)
+    if "random" in runs:  # every contender minus the random subset, paired (the experiment's baseline)
+        per_image, groups = load_per_image(dirs)
+        boot = bootstrap_metrics(per_image, groups, card["task"], "random", size.n_boot)[card["headline_metric"]]
+        card["vs_random"] = {label: {k: boot[label].get(k) for k in ("diff", "diff_ci_low", "diff_ci_high")}
+                             for label in runs if label != "random"}
+        card["curated_vs_random"] = card["vs_random"].get("curated")
+    card["model_dirs"] = {label: [str(d / "model") for d in paths] for label, paths in dirs.items()}
+    return card
 
 
 def write_card(export: Path, results: list[dict], training: dict[str, Any]) -> Path:
@@ -208,67 +294,8 @@ def write_card(export: Path, results: list[dict], training: dict[str, Any]) -> P
     config["arctic_vit"]["training"] = training
     (export / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     card = export / "README.md"
-    card.write_text(render_model_card(config, results, own_backbone="mae_curated"))
+    card.write_text(render_model_card(config, results, own_backbone="curated"))
     return card
-
-
-def write_report(out: Path, facts: dict[str, Any]) -> Path:
-    """REPORT.md: what ran, the figures of every stage, the comparison tables, the folder layout."""
-    from arctic_vit.card import results_table
-
-    rel = lambda p: Path(p).resolve().relative_to(out.resolve())  # noqa: E731
-    lines = [
-        "# arctic-vit demo report", "",
-        f"Input: {facts['input']}. Size: `{facts['size']}`. Seed {facts['seed']}. "
-        f"Wall time {facts['seconds'] / 60:.1f} min on {facts['threads']} CPU thread(s).", "",
-        "## 1. Curation", "",
-        f"{facts['curation']['candidates']} candidate chips → {facts['curation']['selected']} selected, "
-        f"{facts['curation']['unselected']} unselected, {facts['curation']['rejected']} rejected "
-        f"(reasons: {facts['curation']['reject_reasons'] or 'none'}). Manifest: `{rel(facts['manifest'])}`.", "",
-    ]
-    for figure in sorted((out / "curate" / "report").glob("*.png")):
-        lines += [f"![{figure.stem}]({rel(figure)})", ""]
-    lines += ["## 2. MAE pretraining (tiny ViT, CPU)", "",
-              "| variant | chips | steps | first loss | last loss | export |", "|---|---|---|---|---|---|"]
-    for variant, info in facts["pretrain"].items():
-        lines.append(f"| {variant} | {info['chips']} | {info['steps']} | {info['first_loss']} | {info['last_loss']} "
-                     f"| `{rel(info['export'])}` |")
-    lines.append("")
-    for variant in facts["pretrain"]:
-        for png in sorted((out / "pretrain" / variant / "vis").glob("*.png"))[-1:]:
-            lines += [f"Reconstruction ({variant}): ![{variant}]({rel(png)})", ""]
-    curated = facts["reload"][VARIANTS[0]]
-    lines += ["## 3. Export and reload", "",
-              f"Reloaded with `timm.create_model('{ENCODER}', pretrained=True, pretrained_cfg_overlay="
-              "dict(file=FOLDER))` and with plain timm `local-dir:FOLDER`; outputs agree: "
-              f"{all(r['plain_timm_agrees'] for r in facts['reload'].values())}. Bands "
-              f"{curated['bands']}, corpus mean {np.round(curated['mean'], 4).tolist()}.",
-              "", "## 4. Evaluation (foreground mean F1, reference: random init)", "",
-              "Every backbone gets the same preprocessing (per-band z-score of the training split); random init "
-              "trains without layer-wise lr decay. Splits keep whole scenes on one side (train / val / test); the "
-              "test split is scored once. Intervals: hierarchical bootstrap over seeds x chips grouped by scene.", ""]
-    for name, card in facts["evaluation"].items():
-        lines += [f"### {name} ({card['eval_split']} split, {card['n_eval_images']} chips in "
-                  f"{card['n_eval_groups']} scene(s))", "", results_table(card["results"]), ""]
-        for png in ("results.png", "panels.png"):
-            path = out / "evaluation" / name / "compare" / png
-            if path.is_file():
-                lines += [f"![{name} {png}]({rel(path)})", ""]
-    lines += ["## 5. Model card", "", f"`{rel(facts['card'])}` (rendered from the export's pretrained_cfg and the "
-              "results above).", "", "## Folder layout", "", "```",
-              "archive/            synthetic scenes (*.tif, *.IMD/*.XML sidecars, *.labels.tif, catalog.csv)",
-              "curate/             manifest.parquet, descriptors.parquet, report/ (summary.json, figures)",
-              "random_subset/      the baseline manifest: same number of chips, drawn uniformly",
-              "tasks/              labelled stand-ins for the evaluation (a separate seeded archive, cut per task)",
-              "shards/<variant>/   packed chips + corpus.json (bands, bit depth, per-band mean/std)",
-              "pretrain/<variant>/ checkpoints/, metrics JSONL, TensorBoard events, vis/ reconstructions",
-              "export/<variant>/   hub folders: model.safetensors, config.json, README.md (model card)",
-              "evaluation/<recipe>/<variant>/seed<N>/  finetuning runs; evaluation/<recipe>/compare/ tables, plots",
-              "summary.json        every figure of this report, machine-readable",
-              "REPORT.md           this file", "```", ""]
-    path = out / "REPORT.md"
-    path.write_text("\n".join(lines))
-    return path
 
 
 def _loss_range(run_dir: Path) -> tuple[str, str]:
@@ -282,62 +309,200 @@ def _loss_range(run_dir: Path) -> tuple[str, str]:
     return (f"{losses[0]:.4f}", f"{losses[-1]:.4f}") if losses else ("–", "–")
 
 
+def pool_stage(manifest: Path, curate_cfg: dict, out: Path, size: DemoSize, seed: int, whole: bool) -> dict[str, Any]:
+    """Pools, their diagnostics, mosaics and coverage curves -> facts."""
+    from evaluation import demo_diagnostics as diag
+    from evaluation.demo_pools import (
+        accepted_rows,
+        build_pools,
+        chip_types,
+        curated_selection,
+        kmeans_clusters,
+        kmeans_selection,
+        low_information_of,
+        random_selection,
+        standardised_descriptors,
+    )
+
+    within, weights = curate_cfg["select"].get("within", "closest"), curate_cfg["descriptors"].get("weights")
+    pools = build_pools(manifest, out / "pools", size.budget, seed, whole=whole, within=within, weights=weights)
+    table = pd.read_parquet(manifest)
+    rows = table.iloc[accepted_rows(table)].reset_index(drop=True)
+    x = standardised_descriptors(manifest.parent, table, weights)
+    types = chip_types(rows)
+    low = low_information_of(types)
+    selections = {name: p["selected"] for name, p in pools.items()}
+    quality = diag.pool_quality(x, selections, types, low)
+    archive = diag.archive_quality(x, types, low)
+    if (types == "unknown").all():  # no scene-type tables (real chips): only coverage means something
+        for row in (*quality.values(), archive):
+            row.update(dict.fromkeys(("balance_entropy", "types_covered", "low_information_share")))
+    candidate_types = chip_types(table)
+    figures = {}
+    for name, chosen in selections.items():
+        figures[name] = diag.pool_mosaic(rows[chosen], out / "pools" / f"mosaic_{name}.png",
+                                         f"pool '{name}': {int(chosen.sum())} chips, 24 drawn at random",
+                                         scene_types=types[chosen], seed=seed)
+    clusters = kmeans_clusters(x, seed)
+    curves = diag.coverage_curves(x, {
+        "curated": lambda b: curated_selection(table, x, b, within, seed),
+        "random": lambda b: random_selection(len(x), b, seed),
+        "kmeans": lambda b: kmeans_selection(x, clusters, b, seed),
+    }, types, low, size.coverage_fractions, log=log)
+    figures["coverage_curves"] = diag.plot_coverage_curves(curves, out / "pools" / "coverage_curves.png")
+    diag.write_json(out / "pools" / "diagnostics.json", {"pools": quality, "archive": archive, "curves": curves})
+    type_counts = {"candidates": pd.Series(candidate_types).value_counts().to_dict(),
+                   "accepted": pd.Series(types).value_counts().to_dict(),
+                   "rejected": pd.Series(candidate_types[table["reject_reason"].notna().to_numpy()]).value_counts()
+                   .to_dict()}
+    type_counts |= {name: pd.Series(types[chosen]).value_counts().to_dict() for name, chosen in selections.items()}
+    log("pools: " + ", ".join(f"{n} {p['chips']} chips ({quality[n]})" for n, p in pools.items()))
+    return {"pools": {n: {"manifest": p["manifest"], "chips": p["chips"]} for n, p in pools.items()},
+            "quality": quality, "archive_quality": archive, "curves": curves, "figures": figures,
+            "type_counts": type_counts, "accepted": len(rows)}
+
+
+def probe_stage(exports: dict[str, Path], out: Path, size: DemoSize, seed: int) -> dict[str, Any]:
+    """Frozen-encoder probes of every pool's encoder and random init on a held-out archive of the same profile."""
+    from evaluation.probes import run_probes
+
+    archive = make_archive(out / "probe_archive", size, size.probe_scenes, seed + 2000)
+    encoders: dict[str, Path | None] = {**exports, REFERENCE: None}
+    return run_probes(encoders, archive, out / "probes", seeds=size.probe_seeds, chip_px=size.chip_px, device="cpu",
+                      n_boot=size.n_boot)
+
+
+def task_label_raster(labels: Path, task: str, out: Path) -> Path:
+    """The generator's multi-class label raster -> the task's own (class 1 = the task's class, 0 = everything else;
+    instance ids kept inside it), as the finetuning chips were cut (``evaluation.datasets.synthetic_tasks``)."""
+    import rasterio
+
+    from evaluation.datasets.synthetic_tasks import TASK_CLASS
+
+    with rasterio.open(labels) as src:
+        data, profile = src.read(), src.profile
+    binary = (data[0] == TASK_CLASS[task]).astype(np.uint16)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(np.stack([binary, np.where(binary == 1, data[1], 0).astype(np.uint16)]))
+    return out
+
+
+def map_stage(model_dir: Path, task: str, out: Path, size: DemoSize, seed: int) -> dict[str, Any]:
+    """Map one fresh labelled scene (never seen in training or scoring) with a finetuned model folder."""
+    from evaluation.predict import map_scene_for_report
+    from training.synthetic import generate_archive
+
+    scene = generate_archive(out / "map_scene" / "scene", n_scenes=1, size=size.scene_px, seed=seed + 3000,
+                             labels=True)[0]
+    labels = task_label_raster(scene.with_name(scene.stem + ".labels.tif"), task,
+                               out / "map_scene" / "labels" / f"{scene.stem}.labels.tif")
+    target = out / "map_scene" / "map"
+    if target.exists():  # an earlier demo run's map (another model: this run retrained it)
+        shutil.rmtree(target)
+    result = map_scene_for_report(model_dir, scene, labels, target, device="cpu")
+    return {"out_dir": target, "task": task, **result}
+
+
 def run_demo(out: Path, size_name: str = "default", seed: int = 0, archive: Path | None = None,
-             real: bool = False) -> Path:
-    """Run every stage into ``out`` -> path of REPORT.md."""
+             real: bool = False, imagenet: Path | None = None, jobs: int = 2) -> Path:
+    """Run every stage into ``out`` -> path of REPORT.md. ``imagenet``: a local ViT-Tiny/16 ImageNet weights file
+    (the ImageNet reference is compared only when given; nothing is downloaded); ``jobs``: pools pretrained at once."""
     import torch
 
+    from evaluation.demo_report import write_report
+
+    if size_name not in SIZES:
+        raise ValueError(f"--size must be one of {sorted(SIZES)}, got {size_name!r}")
     size = SIZES[size_name]
-    start = time.time()
+    size.validate(size_name)
+    timer, start = StageTimer(), time.time()
     out.mkdir(parents=True, exist_ok=True)
+    synthetic = not real and archive is None
+    skipped: list[str] = []
     if real:
         if not (MAPLE / "unlabelled").is_dir():
-            raise FileNotFoundError(f"--real needs the MAPLE chips at {MAPLE}")
+            raise FileNotFoundError(f"--real needs the MAPLE chips at {MAPLE / 'unlabelled'}")
         source, input_desc, chip_px = MAPLE / "unlabelled", f"real MAPLE chips ({MAPLE / 'unlabelled'})", 224
+        size = dataclasses.replace(size, budget=size.real_budget)
+        skipped += ["archive profile table and scene-type balance (the MAPLE chips have no scene types)",
+                    "scene-type probes (no scene types); the segmentation probe needs scene-type tables too",
+                    "whole-scene mapping (no labelled scene, only chips)"]
     elif archive is not None:
         source, input_desc, chip_px = archive, f"scene archive {archive}", size.chip_px
+        skipped += ["probes (they need the generator's scene-type tables)", "whole-scene mapping"]
     else:
-        source = make_archive(out, size, seed)
-        input_desc, chip_px = "seeded synthetic scene archive (training.synthetic)", size.chip_px
+        source = make_archive(out / "archive", size, size.scenes, seed)
+        input_desc, chip_px = "seeded synthetic scene archive (training.synthetic, profile arctic)", size.chip_px
+    timer.lap("archive")
 
-    manifest = curate(source, out, size, seed, chip_px)
-    baseline = random_subset_manifest(manifest, out / "random_subset", seed)
-    synthetic = not real and archive is None
-    trained = {"mae_curated": pack_and_pretrain("mae_curated", manifest, out, size, seed, synthetic),
-               "mae_random_subset": pack_and_pretrain("mae_random_subset", baseline, out, size, seed, synthetic)}
-    reload = {variant: reload_check(info["export"]) for variant, info in trained.items()}
+    manifest, curate_cfg = curate(source, out, size, seed, chip_px)
+    timer.lap("curation")
+    pools = pool_stage(manifest, curate_cfg, out, size, seed, whole=size.whole_archive)
+    timer.lap("pools and diagnostics")
 
+    trained = pretrain_pools({name: info["manifest"] for name, info in pools["pools"].items()}, out, size, seed,
+                             synthetic, jobs)
+    steps = {name: t["steps"] for name, t in trained.items()}
+    if len(set(steps.values())) != 1:
+        raise RuntimeError(f"pools pretrained for unequal steps {steps}: the comparison would not be fair")
+    timer.lap("pretraining")
+    reload = {name: reload_check(t["export"]) for name, t in trained.items()}
+    log(f"reloaded {len(reload)} exports with timm.create_model({ENCODER!r}, pretrained=True, ...) and local-dir: "
+        "(outputs agree)")
+    timer.lap("export and reload")
+
+    exports = {name: t["export"] for name, t in trained.items()}
+    probes = None
+    if synthetic:
+        probes = probe_stage(exports, out, size, seed)
+        timer.lap("probes")
+
+    contenders = {name: ("arctic_mae_vit_tiny", str(path)) for name, path in exports.items()}
+    contenders[REFERENCE] = ("random_vit_tiny", None)
+    if imagenet is not None:
+        if not Path(imagenet).is_file():
+            raise FileNotFoundError(f"--imagenet {imagenet}: no such file (a local {IMAGENET[1]} ImageNet checkpoint)")
+        contenders["imagenet"] = (IMAGENET[0], str(imagenet))
+    else:
+        skipped.append(f"the ImageNet reference (no local {IMAGENET[1]} weights given with --imagenet FILE; the demo "
+                       "never downloads)")
     if real:
-        recipes = {"maple_iwp_semantic": (REPO_ROOT / "evaluation" / "recipes" / "maple_iwp_semantic.yaml", [])}
+        recipes = {"maple_iwp_semantic": (REPO_ROOT / "evaluation" / "recipes" / "maple_iwp_semantic.yaml",
+                                          list(REAL_CPU_OVERRIDES))}
     else:
         recipes = {f"synthetic_{t}_semantic": (REPO_ROOT / "evaluation" / "recipes" / f"synthetic_{t}_semantic.yaml",
                                                task_overrides(t, out, size, seed)) for t in size.tasks}
-    evaluation = {name: evaluate(path, {v: trained[v]["export"] for v in VARIANTS}, out, size, overrides)
-                  for name, (path, overrides) in recipes.items()}
-    results = [row | {"task": f"{name}"} for name, card in evaluation.items() for row in card["results"]]
+    evaluation = {name: finetune(path, contenders, out, size, overrides) for name, (path, overrides) in recipes.items()}
+    timer.lap("finetuning")
 
+    mapped = None
+    if synthetic and size.map_scene:
+        first = next(iter(evaluation.values()))
+        mapped = map_stage(Path(first["model_dirs"]["curated"][0]), size.tasks[0], out, size, seed) | {
+            "recipe": first["recipe"], "model": first["model_dirs"]["curated"][0]}
+        timer.lap("mapping")
+
+    results = [row | {"task": name} for name, card in evaluation.items() for row in card["results"]]
+    training = {"corpus": input_desc, "chips": trained["curated"]["chips"], "steps": size.pretrain_steps,
+                "img_size": size.pretrain_img, "demo_size": size_name}
+    card = write_card(trained["curated"]["export"], results, training)
     table = pd.read_parquet(manifest)
     rejects = table["reject_reason"].dropna().str.split(":").str[0].value_counts().to_dict()  # "reason: detail"
-    pretrain_facts = {}
-    for variant, info in trained.items():
-        first, last = _loss_range(info["run"])
-        pretrain_facts[variant] = {"chips": info["chips"],
-                                   "steps": info["summary"]["step"], "first_loss": first, "last_loss": last,
-                                   "export": info["export"]}
-    training = {"corpus": input_desc, "chips": pretrain_facts["mae_curated"]["chips"],
-                "epochs": size.pretrain_epochs, "img_size": size.pretrain_img, "demo_size": size_name}
-    card = write_card(trained["mae_curated"]["export"], results, training)
     facts = {
-        "input": input_desc, "size": size_name, "seed": seed, "seconds": time.time() - start,
+        "input": input_desc, "size": size_name, "size_config": asdict(size), "seed": seed, "synthetic": synthetic,
         "threads": torch.get_num_threads(), "manifest": manifest,
         "curation": {"candidates": len(table), "selected": int(table["selected"].sum()),
                      "unselected": int((~table["selected"] & table["reject_reason"].isna()).sum()),
                      "rejected": int(table["reject_reason"].notna().sum()), "reject_reasons": rejects},
-        "pretrain": pretrain_facts, "reload": reload, "evaluation": evaluation, "card": card,
+        "pools": pools, "pretrain": trained, "reload": reload, "probes": probes, "evaluation": evaluation,
+        "mapped": mapped, "card": card, "skipped": skipped,
     }
-    (out / "summary.json").write_text(json.dumps(facts, indent=2, default=str))
+    timer.lap("card")
+    facts["stage_seconds"], facts["seconds"] = timer.seconds, time.time() - start
     report = write_report(out, facts)
-    log(f"done in {(time.time() - start) / 60:.1f} min: {report}")
+    (out / "summary.json").write_text(json.dumps(facts, indent=2, default=str))
+    log(f"done in {(time.time() - start) / 60:.1f} min: {report}; stage seconds {timer.seconds}")
     return report
 
 
@@ -349,10 +514,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--archive", type=Path, help="a folder of GeoTIFF scenes instead of the synthetic archive")
     parser.add_argument("--real", action="store_true", help="use the real MAPLE chips (../shared/data/maple_iwp)")
     parser.add_argument("--fresh", action="store_true", help="delete --out first (otherwise finished steps are reused)")
+    parser.add_argument("--imagenet", type=Path, help=f"local {IMAGENET[1]} ImageNet weights: adds that reference")
+    parser.add_argument("--jobs", type=int, default=2, help="pools pretrained at once (one process, one thread each)")
+    parser.add_argument("--check", action="store_true", help="validate the size's configuration and exit")
     args = parser.parse_args(argv)
+    progress = logging.StreamHandler(sys.stdout)  # per-encoder progress of the probes (their own logger only)
+    progress.setFormatter(logging.Formatter("[%(name)s %(asctime)s] %(message)s", "%H:%M:%S"))
+    logging.getLogger("evaluation.probes").addHandler(progress)
+    logging.getLogger("evaluation.probes").setLevel(logging.INFO)
+    SIZES[args.size].validate(args.size)
+    if args.check:
+        print(json.dumps({"size": args.size, **asdict(SIZES[args.size])}))
+        return 0
     if args.fresh and args.out.exists():
         shutil.rmtree(args.out)
-    run_demo(args.out, args.size, args.seed, args.archive, args.real)
+    run_demo(args.out, args.size, args.seed, args.archive, args.real, args.imagenet, args.jobs)
     return 0
 
 
