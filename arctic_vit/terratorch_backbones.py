@@ -1,9 +1,9 @@
 """TerraTorch backbones for the arctic family, under the same names as in timm (optional extra ``terratorch``).
 
-Importing this module registers ``arctic_mae_vit_{large,base,small,tiny}_patch16_224`` (and ``arctic_mae_vit_large``)
-in TerraTorch's backbone registry, built the way TerraTorch builds its own plain ViTs (Prithvi): the backbone returns
-the tokens of every block (class token first, the last block through the final norm), and the neck turns them into
-a pyramid for a convolutional decoder::
+Importing this module (with TerraTorch installed) registers ``arctic_mae_vit_{large,base,small,tiny}_patch16_224``
+(and ``arctic_mae_vit_large``) in TerraTorch's backbone registry, built the way TerraTorch builds its own plain ViTs
+(Prithvi): the backbone returns the tokens of every block (class token first, the last block through the final norm),
+and the neck turns them into a pyramid for a convolutional decoder::
 
     import arctic_vit.terratorch_backbones  # registers the family with TerraTorch
     from arctic_vit.terratorch_backbones import terratorch_necks
@@ -32,20 +32,26 @@ local-loading instructions while the weights are unpublished or the hub is unrea
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
 import timm
 import torch
-from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
 from torch import nn
 
 from .bands import CANONICAL_BANDS, validate_bands
 from .models import ALIASES, ARCTIC_SIZES, STOCK_ARCHITECTURES, canonical_variant
 from .pyramid import default_out_indices
 
-__all__ = ["TERRATORCH_BAND_NAMES", "ArcticTerraTorchBackbone", "build_terratorch_backbone", "terratorch_necks"]
+__all__ = [
+    "TERRATORCH_BAND_NAMES",
+    "ArcticTerraTorchBackbone",
+    "build_terratorch_backbone",
+    "register_terratorch_backbones",
+    "terratorch_necks",
+]
 
 TERRATORCH_BAND_NAMES: dict[str, str] = {
     "COASTAL_AEROSOL": "coastal",
@@ -141,16 +147,24 @@ def build_terratorch_backbone(
     return ArcticTerraTorchBackbone(vit, out_indices)
 
 
-def _register(name: str) -> None:
+def _backbone_entry(name: str) -> Any:
     def backbone(pretrained: bool = False, **kwargs: Any) -> ArcticTerraTorchBackbone:
         return build_terratorch_backbone(name, pretrained=pretrained, **kwargs)
 
     size = next(size for size in ARCTIC_SIZES if canonical_variant(name) == f"arctic_mae_vit_{size}_patch16_224")
-    backbone.__name__ = backbone.__qualname__ = name
+    backbone.__name__ = backbone.__qualname__ = name  # TerraTorch's registry keys entries by __name__
     backbone.__doc__ = f"Arctic MAE ViT ({size}) as a TerraTorch backbone; see ``arctic_vit.terratorch_backbones``."
-    TERRATORCH_BACKBONE_REGISTRY.register(backbone)
+    return backbone
 
 
-for _name in (*STOCK_ARCHITECTURES, *ALIASES):
-    if _name not in TERRATORCH_BACKBONE_REGISTRY:
-        _register(_name)
+def register_terratorch_backbones() -> None:
+    """Register the family in TerraTorch's backbone registry (done on import when TerraTorch is installed)."""
+    from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
+
+    for name in (*STOCK_ARCHITECTURES, *ALIASES):
+        if name not in TERRATORCH_BACKBONE_REGISTRY:
+            TERRATORCH_BACKBONE_REGISTRY.register(_backbone_entry(name))
+
+
+if importlib.util.find_spec("terratorch") is not None:  # an optional extra: without it the helpers still import
+    register_terratorch_backbones()
