@@ -405,19 +405,30 @@ def test_detections_become_scene_instances_and_paint_by_score():
 
 
 def test_bf16_precision_on_cpu_is_close_to_float32(model_dir, scenes, tmp_path):
-    from evaluation.predict.run import _forward, decoder_bf16, inference_precision
+    from timm.layers import PatchEmbed
+
+    from evaluation.predict.run import _forward, cpu_bf16, float32_patch_embedding, inference_precision
     from training.pretrain import cpu_supports_bf16
 
     cpu = torch.device("cpu")
     assert inference_precision("auto", cpu).dtype is None
-    assert decoder_bf16("auto", cpu) == cpu_supports_bf16() and not decoder_bf16("float32", cpu)
+    assert cpu_bf16("auto", cpu) == cpu_supports_bf16() and not cpu_bf16("float32", cpu)
     predictor = load_finetuned(model_dir)
     x = torch.from_numpy(np.random.default_rng(0).integers(100, 2000, (2, 4, TILE, TILE)).astype(np.float32))
+    forward = _forward(predictor, torch.zeros(1, 2), cpu)
+    embed = next(m for m in predictor.model.modules() if isinstance(m, PatchEmbed))
+    seen = []
+    hook = embed.proj.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
     with torch.inference_mode():
         reference = predictor.model(x)
-        torch.testing.assert_close(_forward(predictor, torch.zeros(1, 2), cpu, False)(x), reference)  # channels-last
-        mixed = _forward(predictor, torch.zeros(1, 2), cpu, True)(x).float()  # encoder float32, decoder bf16
-    assert mixed.shape == reference.shape
+        torch.testing.assert_close(forward(x), reference)  # channels-last: float rounding only
+        with float32_patch_embedding(predictor.model) as patched, torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = forward(x).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            forward(x)
+    hook.remove()
+    assert patched == 1 and seen == [torch.float32, torch.float32, torch.float32, torch.bfloat16]
+    assert "forward" not in vars(embed)  # restored
     assert (torch.softmax(mixed, 1) - torch.softmax(reference, 1)).abs().max() < 0.02
     summary = predict(_cfg(model_dir, scenes / "s8.tif", tmp_path / "bf16", precision="bf16"))
     assert summary["identity"]["precision"] == "bf16"

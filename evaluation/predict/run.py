@@ -17,6 +17,7 @@ another model or other settings is refused unless ``overwrite``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,6 +26,7 @@ import shutil
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +79,7 @@ class PredictConfig:
     checkpoint_seconds: float = 30.0
     labels: Path | None = None  # folder of label rasters <scene_id>.tif (or one label file): score the maps
     overlay: bool = False  # <scene>/overlay.png: true colour + predicted classes (decimated)
-    precision: str = "auto"  # auto (bf16 on CUDA; bf16 decoder on CPUs with native bf16) | float32 | bf16
+    precision: str = "auto"  # auto (bf16 on CUDA and, semantic models, on CPUs with native bf16) | float32 | bf16
     progress: bool = True
 
     def identity(self, sha256: str, tile: int) -> dict[str, Any]:
@@ -93,9 +95,9 @@ PRECISIONS = ("auto", "float32", "bf16")
 
 
 def inference_precision(name: str, device: torch.device) -> Precision:
-    """Autocast of the whole model: ``auto``: ``evaluation.devices`` (bf16 on CUDA, float32 elsewhere; on a CPU with
-    native bf16 ``decoder_bf16`` adds bf16 for the decoder of semantic models); ``float32``; ``bf16``: autocast on
-    any device (on CPU the encoder in bf16 changes a finetuned model's maps: see PREDICT.md)."""
+    """``auto``: ``evaluation.devices`` (bf16 autocast on CUDA, float32 elsewhere; semantic models on a CPU with
+    native bf16: ``cpu_bf16``); ``float32``; ``bf16``: autocast on any device. Under autocast the patch embedding
+    stays float32 (``float32_patch_embedding``)."""
     if name not in PRECISIONS:
         raise ValueError(f"--precision {name!r}: use one of {PRECISIONS}")
     if name == "auto":
@@ -103,13 +105,39 @@ def inference_precision(name: str, device: torch.device) -> Precision:
     return Precision(device.type, None if name == "float32" else torch.bfloat16)
 
 
-def decoder_bf16(name: str, device: torch.device) -> bool:
-    """``auto`` on a CPU with native bf16 (AVX512-BF16 / AMX): semantic models run their encoder in float32 and
-    their decoder + head under bf16 autocast (measured on a finetuned model: the same classes, probabilities within
-    2e-3; the encoder in bf16 flipped 29 % of them), see PREDICT.md."""
+def cpu_bf16(name: str, device: torch.device) -> bool:
+    """``auto`` on a CPU with native bf16 (AVX512-BF16 / AMX): semantic models run under bf16 autocast with their
+    patch embedding in float32 (``float32_patch_embedding``), see PREDICT.md."""
     from training.pretrain import cpu_supports_bf16
 
     return name == "auto" and device.type == "cpu" and cpu_supports_bf16()
+
+
+@contextlib.contextmanager
+def float32_patch_embedding(model: torch.nn.Module) -> Iterator[int]:
+    """While open, timm ``PatchEmbed`` modules of ``model`` run in float32 under autocast -> how many.
+
+    Their input is the normalised image: cast to bf16 (8 significant bits) it loses low-contrast texture (measured
+    on a finetuned model: 29 % of classes flipped; with the patch embedding in float32 and the rest in bf16, none,
+    probabilities within 4e-3). The model is restored on exit."""
+    from timm.layers import PatchEmbed
+
+    patched = [m for m in model.modules() if isinstance(m, PatchEmbed)]
+    for module in patched:
+        module.forward = _without_autocast(type(module).forward.__get__(module))
+    try:
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def _without_autocast(forward):
+    def run(x: torch.Tensor, *args, **kwargs):
+        with torch.autocast(x.device.type, enabled=False):
+            return forward(x.float(), *args, **kwargs)
+
+    return run
 
 
 def _claim(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
@@ -172,30 +200,15 @@ def _latlon(src) -> torch.Tensor:
     return torch.tensor([[lat[0], lon[0]]], dtype=torch.float32)
 
 
-def _forward(predictor: Predictor, latlon: torch.Tensor, device: torch.device, bf16_decoder: bool):
+def _forward(predictor: Predictor, latlon: torch.Tensor, device: torch.device):
     """The semantic model as (N, C, T, T) -> logits, in channels-last memory format (weights and input: oneDNN's
-    fast path for convolutions on CPU and tensor cores on CUDA; the same results to float rounding).
-
-    ``bf16_decoder`` (a ``SemanticSegmentationModel``): its forward with the encoder (``features``) in float32 and
-    the decoder + head under bf16 autocast."""
-    from evaluation.models import SemanticSegmentationModel
-
+    fast path for convolutions on CPU and tensor cores on CUDA; the same results to float rounding)."""
     model = predictor.model.to(memory_format=torch.channels_last)
     where = latlon.to(device) if getattr(getattr(model, "features", None), "latlon", None) is not None else None
-    split = bf16_decoder and isinstance(model, SemanticSegmentationModel)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
-        where_n = None if where is None else where.expand(len(x), 2)
-        if not split:
-            return model(x) if where_n is None else model(x, where_n)
-        pyramid = model.features(x, where_n)  # SemanticSegmentationModel.forward, decoder + head in bf16
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            logits = model.head(model.decoder([x, x, *pyramid]))
-        if logits.shape[-2:] != x.shape[-2:]:
-            logits = torch.nn.functional.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear",
-                                                     align_corners=False)
-        return logits
+        return model(x) if where is None else model(x, where.expand(len(x), 2))
 
     return forward
 
@@ -213,14 +226,15 @@ def predict_scene(scene: scn.Scene, predictor: Predictor, cfg: PredictConfig, de
     resumed = _load_state(partial)
     state, valid_pixels = resumed or (StreamState(), 0)
     precision = inference_precision(cfg.precision, device)
+    if predictor.task == "semantic" and cpu_bf16(cfg.precision, device):
+        precision = Precision("cpu", torch.bfloat16)
     start = time.perf_counter()
-    with rasterio.Env(**GDAL_ENV), warnings.catch_warnings():
+    with rasterio.Env(**GDAL_ENV), warnings.catch_warnings(), float32_patch_embedding(predictor.model):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(scene.path) as src:
             rasters = PartialRasters(partial, src.profile, predictor.num_classes, resume=resumed is not None)
             if predictor.task == "semantic":
-                forward = _forward(predictor, _latlon(src), device, decoder_bf16(cfg.precision, device))
-                strips = stream_semantic(src, scene.band_indexes, forward,
+                strips = stream_semantic(src, scene.band_indexes, _forward(predictor, _latlon(src), device),
                                          predictor.num_classes, tile, overlap, cfg.margin, cfg.batch_size, state,
                                          device, precision.autocast)
             else:
