@@ -7,8 +7,8 @@ pyramid and decoder 256 channels), 224-px tiles, the default overlap (tile // 4 
 on the weights, so random init measures what trained weights would.
 
 - ``km2_per_hour``: ``predict()`` end to end (model load and sha256 check, reads, inference, COGs, polygons) at its
-  default settings (precision ``auto``: on a CPU with native bf16 the encoder in float32 and the decoder under
-  bf16 autocast, else float32; channels-last; strips read ahead) for the tiny and small encoders.
+  default settings (precision ``auto``: on a CPU with native bf16, bf16 autocast with the patch embedding in
+  float32, else float32; channels-last; strips read ahead) for the tiny and small encoders.
 - ``over_naive``: km²/h of ``predict()`` (defaults) over the straightforward loop on the same scene and model
   (non-overlapping windows read one at a time, one window per forward in float32, written window by window); arms
   alternate within each round (ours, naive, ours in float32); min over rounds of each arm, and the per-round paired
@@ -283,9 +283,9 @@ def seam(work: Path, precision: str, size: int = 700) -> float:
 
 
 def precision_name() -> str:
-    from evaluation.predict.run import decoder_bf16
+    from evaluation.predict.run import cpu_bf16
 
-    return "float32 encoder, bf16 decoder" if decoder_bf16("auto", torch.device("cpu")) else "float32"
+    return "bf16 autocast, patch embedding float32" if cpu_bf16("auto", torch.device("cpu")) else "float32"
 
 
 def run(args: argparse.Namespace) -> dict:
