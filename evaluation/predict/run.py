@@ -117,9 +117,10 @@ def cpu_bf16(name: str, device: torch.device) -> bool:
 def float32_patch_embedding(model: torch.nn.Module) -> Iterator[int]:
     """While open, timm ``PatchEmbed`` modules of ``model`` run in float32 under autocast -> how many.
 
-    Their input is the normalised image: cast to bf16 (8 significant bits) it loses low-contrast texture (measured
-    on a finetuned model: 29 % of classes flipped; with the patch embedding in float32 and the rest in bf16, none,
-    probabilities within 4e-3). The model is restored on exit."""
+    Their input is the normalised image: cast to bf16 (8 significant bits) it loses low-contrast texture. Measured
+    with a finetuned synthetic-IWP model (tiny encoder, 128-px tiles) on a 1024-px ``training.synthetic`` scene,
+    ``predict`` bf16 vs float32: whole model in bf16, 29 % of pixels changed class (mean |Δp| 0.15); patch
+    embedding in float32, none did (max |Δp| 0.0039, one uint8 step; mean 3e-4). The model is restored on exit."""
     from timm.layers import PatchEmbed
 
     patched = [m for m in model.modules() if isinstance(m, PatchEmbed)]
