@@ -126,25 +126,30 @@ def _block_polygons(classes: np.ndarray, probs: np.ndarray, transform, row0: int
         if n == 0:
             continue
         index = np.arange(1, n + 1)
-        sums = ndimage.sum(probs[k].astype(np.float64) / 255.0, labels, index)
-        counts = ndimage.sum(np.ones_like(labels), labels, index)
+        sums = ndimage.sum_labels(probs[k], labels, index) / 255.0  # float64 sums, no float copy of the block
+        counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
         top = set(np.unique(labels[0])) if not first else set()
         bottom = set(np.unique(labels[-1])) if not last else set()
-        for geom, value in shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4,
+        for geom, value in shapes(labels.astype(np.int32, copy=False), mask=labels > 0, connectivity=4,
                                   transform=block_transform):
             v = int(value)
             out.append((k, geom, float(sums[v - 1]), float(counts[v - 1]), v in top, v in bottom))
     return out
 
 
-def semantic_polygons(class_path: Path, prob_path: Path, block_rows: int = 1024) -> list[dict]:
-    """Foreground regions of the class raster, read block by block of rows, joined across block boundaries."""
+BLOCK_PIXELS = 4 * 1024 * 1024  # pixels per block of rows when vectorising: memory flat in the scene's width
+
+
+def semantic_polygons(class_path: Path, prob_path: Path, block_rows: int | None = None) -> list[dict]:
+    """Foreground regions of the class raster, read block by block of rows (default: ``BLOCK_PIXELS`` per block,
+    at least 64 rows), joined across block boundaries."""
     from shapely.geometry import shape
     from shapely.ops import unary_union
 
     pieces = []
     with rasterio.open(class_path) as cls_src, rasterio.open(prob_path) as prob_src:
         height, width, transform = cls_src.height, cls_src.width, cls_src.transform
+        block_rows = block_rows or max(64, BLOCK_PIXELS // width)
         for row0 in range(0, height, block_rows):
             h = min(block_rows, height - row0)
             window = Window(0, row0, width, h)
