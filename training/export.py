@@ -14,9 +14,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from arctic_vit.config import stage_cli, write_resolved
 from arctic_vit.corpus import ContractError, CorpusContract
 from training.checkpoint import latest_checkpoint, load_checkpoint
-from training.config import stage_cli, write_resolved
+from training.schemas import ExportConfig
 
 LOG = logging.getLogger("training.export")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "pretrain_export.yaml"
@@ -61,8 +62,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, model_name
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv)
-    options = dict(cfg["export"])
+    parser, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv, schema=ExportConfig)
+    options = cfg.export.model_dump()
     if not options.get("checkpoint"):
         parser.error("export.checkpoint=<file or folder> is required")
     out = export_checkpoint(options.pop("checkpoint"), options.pop("out_dir"), **options)

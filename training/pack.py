@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from arctic_vit.config import stage_cli, write_resolved
 from arctic_vit.corpus import CONTRACT_FILENAME, ContractError, CorpusContract
-from training.config import stage_cli, write_resolved
+from training.schemas import PackConfig
 from training.shards import (
     INDEX_NAME,
     LEGACY_STATS_NAME,
@@ -334,8 +335,8 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    _, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv)
-    options = dict(cfg["pack"])
+    _, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv, schema=PackConfig)
+    options = cfg.pack.model_dump()
     out_dir = options.pop("out_dir")
     pack(out_dir, **options)
     write_resolved(cfg, out_dir)
