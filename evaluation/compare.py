@@ -24,11 +24,11 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from arctic_vit.config import write_resolved
 from evaluation.backbones import BACKBONES
 from evaluation.devices import DEVICE_CHOICES, run_devices
 from evaluation.finetune import HEADLINE, load_recipe, run, run_dir
 from evaluation.report import write_report
-from training.config import write_resolved
 
 log = logging.getLogger(__name__)
 Job = tuple[dict, str, int, "str | None", bool, "Path | None", bool]

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from arctic_vit.config import load_config, write_resolved
 from arctic_vit.corpus import CorpusContract
 from arctic_vit.weights import sha256_file
 from evaluation.artefact import build_kwargs_from_recipe, save_finetuned
@@ -57,7 +58,6 @@ from evaluation.models import (
     param_groups,
 )
 from evaluation.tiling import random_view, stack
-from training.config import load_config, write_resolved
 
 log = logging.getLogger(__name__)
 METRICS_NAME = "metrics.json"

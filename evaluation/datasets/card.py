@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
+from arctic_vit.config import deep_merge
 from evaluation.datasets.splits import SplitSpec, parse_splits
-from training.config import deep_merge
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FORMATS = ("via_json", "raster_pairs", "vector")
