@@ -9,7 +9,7 @@ import yaml
 from pydantic import Field
 
 from arctic_vit.config import ConfigError, ConfigModel, load_config, validate_config, write_resolved
-from training.schemas import ExportConfig, PackConfig
+from training.schemas import ExportConfig, PackConfig, PretrainConfig
 
 
 class Optim(ConfigModel):
@@ -90,3 +90,13 @@ def test_stage_cli_show_config_and_one_line_error(capsys):
         pack.main(["pack.shard_size=0"])
     assert done.value.code == 2
     assert "pack.shard_size: must be > 0, got 0" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_pretrain_defaults_yaml_equals_the_schema_and_every_recipe_validates():
+    """pretrain.yaml is the ``defaults:`` base the recipes chain (and dict readers load): pinned to the schema."""
+    assert load_config("training/configs/pretrain.yaml") == PretrainConfig().model_dump(mode="json")
+    for name in ("pretrain_demo", "pretrain_small", "pretrain_maple", "pretrain_vit_large_paper"):
+        cfg = load_config(f"training/configs/{name}.yaml", schema=PretrainConfig)
+        assert isinstance(cfg.data.batch_size, int) and 0 < cfg.model.mask_ratio < 1
+    with pytest.raises(ConfigError, match=r"^run\.precision: input should be 'auto', 'fp32', 'bf16' or 'fp16'"):
+        load_config("training/configs/pretrain_demo.yaml", overrides=["run.precision=bf15"], schema=PretrainConfig)

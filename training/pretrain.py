@@ -38,6 +38,7 @@ from timm.optim import param_groups_weight_decay
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from arctic_vit.config import as_dict, stage_cli, write_resolved
 from arctic_vit.corpus import ContractError, CorpusContract
 from training.checkpoint import (
     capture_rng_state,
@@ -47,9 +48,9 @@ from training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from training.config import stage_cli, write_resolved
 from training.mae import MaskedAutoencoder, build_mae
 from training.schedule import scaled_lr, warmup_cosine_factor, warmup_cosine_scheduler
+from training.schemas import PretrainConfig
 from training.shards import AugmentConfig, ShardDataset, ShardSampler
 
 LOG = logging.getLogger("training.pretrain")
@@ -616,9 +617,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--allow-reshape" in argv:  # the flag is run.allow_reshape=true
         argv = [a for a in argv if a != "--allow-reshape"] + ["run.allow_reshape=true"]
-    _, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv)
+    _, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv, schema=PretrainConfig)  # validated before any work
     try:
-        summary = pretrain(cfg)
+        summary = pretrain(as_dict(cfg))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
