@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from arctic_vit.config import load_config, write_resolved
+from arctic_vit.config import as_dict, load_config, write_resolved
 from arctic_vit.corpus import CorpusContract
 from arctic_vit.weights import sha256_file
 from evaluation.artefact import build_kwargs_from_recipe, save_finetuned
@@ -57,6 +57,7 @@ from evaluation.models import (
     masks_to_targets,
     param_groups,
 )
+from evaluation.recipe_schema import RecipeConfig
 from evaluation.tiling import random_view, stack
 
 log = logging.getLogger(__name__)
@@ -346,8 +347,8 @@ def _typed(cfg: dict) -> dict:
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     """Recipe YAML (its ``defaults:`` chain merged) + ``key=value`` overrides; the name defaults to the file stem."""
     path = resolve_path(path)
-    cfg = load_config(path, overrides=overrides)
-    cfg.setdefault("name", path.stem)
+    cfg = as_dict(load_config(path, overrides=overrides, schema=RecipeConfig))  # validated: one-line key errors
+    cfg["name"] = cfg["name"] or path.stem
     return cfg
 
 

@@ -100,3 +100,18 @@ def test_pretrain_defaults_yaml_equals_the_schema_and_every_recipe_validates():
         assert isinstance(cfg.data.batch_size, int) and 0 < cfg.model.mask_ratio < 1
     with pytest.raises(ConfigError, match=r"^run\.precision: input should be 'auto', 'fp32', 'bf16' or 'fp16'"):
         load_config("training/configs/pretrain_demo.yaml", overrides=["run.precision=bf15"], schema=PretrainConfig)
+
+
+def test_recipe_defaults_yaml_equals_the_schema_and_every_recipe_validates():
+    from pathlib import Path
+
+    from evaluation.recipe_schema import RecipeConfig
+
+    defaults = RecipeConfig().model_dump(mode="json")
+    assert defaults.pop("name") is None
+    assert load_config("evaluation/recipes/defaults.yaml") == defaults
+    recipes = sorted(Path("evaluation/recipes").glob("*.yaml"))
+    assert len(recipes) >= 5
+    for path in recipes:
+        cfg = load_config(path, overrides=["train.lr=3e-4"], schema=RecipeConfig)
+        assert cfg.train.lr == pytest.approx(3e-4) and cfg.task in ("semantic", "instance")

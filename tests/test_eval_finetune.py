@@ -146,9 +146,8 @@ def test_instance_recipe_headline_is_object_f1_with_intervals(tmp_path, syntheti
 
 
 def test_bad_recipe_and_missing_cuda_raise(tmp_path, synthetic_card):
-    cfg = _recipe("synthetic_rts_semantic", synthetic_card, tmp_path, "task=panoptic")
-    with pytest.raises(ValueError, match="task must be one of"):
-        run(cfg, "random_vit_tiny", seed=0)
+    with pytest.raises(ValueError, match=r"^task: input should be 'semantic' or 'instance', got 'panoptic' \(config "):
+        _recipe("synthetic_rts_semantic", synthetic_card, tmp_path, "task=panoptic")  # refused at load, before work
     with pytest.raises(ValueError, match="BACKBONE=PATH"):
         parse_weights(["resnet50=x"])
     with pytest.raises(ValueError, match="--device 'gpu' is not a device"):
