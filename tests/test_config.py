@@ -115,3 +115,13 @@ def test_recipe_defaults_yaml_equals_the_schema_and_every_recipe_validates():
     for path in recipes:
         cfg = load_config(path, overrides=["train.lr=3e-4"], schema=RecipeConfig)
         assert cfg.train.lr == pytest.approx(3e-4) and cfg.task in ("semantic", "instance")
+
+
+def test_curate_show_config_validates_and_prints(capsys, tmp_path):
+    from training.curate.__main__ import main
+
+    main(["--show-config", f"input.path={tmp_path}", f"out={tmp_path / 'out'}", "select.budget=7"])
+    assert yaml.safe_load(capsys.readouterr().out)["select"]["budget"] == 7
+    with pytest.raises(SystemExit) as done:
+        main(["--show-config", f"input.path={tmp_path}", f"out={tmp_path / 'out'}", "select.budgt=7"])
+    assert done.value.code == 2 and "select.budgt: unknown config key" in capsys.readouterr().err

@@ -6,7 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from training.config import add_config_arguments, config_from_args
+import yaml
+
+from arctic_vit.config import add_config_arguments, config_from_args
 from training.curate.pipeline import run_curation
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "curate.yaml"
@@ -21,6 +23,15 @@ def main(argv: list[str] | None = None) -> None:
     cfg = config_from_args(args)
     if args.scheduler:
         cfg.setdefault("dask", {})["scheduler"] = args.scheduler
+    if args.show_config:  # the resolved config, validated as run_curation validates it, then exit
+        from training.curate.validate import validate_config
+
+        try:
+            validate_config(cfg)
+        except ValueError as err:
+            parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
+        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         manifest = run_curation(cfg)
