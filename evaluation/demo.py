@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -356,7 +357,8 @@ def pool_stage(manifest: Path, curate_cfg: dict, out: Path, size: DemoSize, seed
                    "rejected": pd.Series(candidate_types[table["reject_reason"].notna().to_numpy()]).value_counts()
                    .to_dict()}
     type_counts |= {name: pd.Series(types[chosen]).value_counts().to_dict() for name, chosen in selections.items()}
-    log("pools: " + ", ".join(f"{n} {p['chips']} chips ({quality[n]})" for n, p in pools.items()))
+    log("pools: " + "; ".join(f"{n} {p['chips']} chips (" + ", ".join(
+        f"{k} {v:.3g}" for k, v in quality[n].items() if isinstance(v, float)) + ")" for n, p in pools.items()))
     return {"pools": {n: {"manifest": p["manifest"], "chips": p["chips"]} for n, p in pools.items()},
             "quality": quality, "archive_quality": archive, "curves": curves, "figures": figures,
             "type_counts": type_counts, "accepted": len(rows)}
@@ -416,7 +418,7 @@ def run_demo(out: Path, size_name: str = "default", seed: int = 0, archive: Path
         raise ValueError(f"--size must be one of {sorted(SIZES)}, got {size_name!r}")
     size = SIZES[size_name]
     size.validate(size_name)
-    timer, start = StageTimer(), time.time()
+    timer, start, load_start = StageTimer(), time.time(), os.getloadavg()
     out.mkdir(parents=True, exist_ok=True)
     synthetic = not real and archive is None
     skipped: list[str] = []
@@ -500,6 +502,8 @@ def run_demo(out: Path, size_name: str = "default", seed: int = 0, archive: Path
     }
     timer.lap("card")
     facts["stage_seconds"], facts["seconds"] = timer.seconds, time.time() - start
+    facts["load_average"] = {"start": [round(v, 2) for v in load_start], "end": [round(v, 2) for v in os.getloadavg()],
+                             "cpus": os.cpu_count()}
     report = write_report(out, facts)
     (out / "summary.json").write_text(json.dumps(facts, indent=2, default=str))
     log(f"done in {(time.time() - start) / 60:.1f} min: {report}; stage seconds {timer.seconds}")

@@ -363,17 +363,20 @@ def reasons(facts: dict) -> list[str]:
         d = pairs.get(f"curated - {probes.get('reference')}")
         if d and d["ci95"][0] is not None:
             versus_init.append((f"probe {metric}", d["diff"], *d["ci95"]))
-    inert, moved = [], []
+    inert, above, below = [], [], []
     for what, diff, low, high in versus_init:
         text = f"{what}: curated minus random init {diff:+.3f} [{low:+.3f}, {high:+.3f}]"
-        (moved if _excludes_zero(low, high) else inert).append(text)
+        (inert if not _excludes_zero(low, high) else above if low > 0 else below).append(text)
     scale = (f"- Scale: a ViT-tiny pretrained for {size['pretrain_steps']} steps on {size['budget']} chips at "
              f"{size['pretrain_img']} px.")
     if inert:
         scale += (f" Pretraining itself is not resolved from random init on {len(inert)} measurement(s) "
                   f"({'; '.join(inert)}): where pretraining barely moves a score, the choice of pool cannot show.")
-    if moved:
-        scale += f" It is resolved on {len(moved)} ({'; '.join(moved)})."
+    if above:
+        scale += f" Pretraining beats random init on {len(above)} ({'; '.join(above)})."
+    if below:
+        scale += (f" Random init beats the pretrained encoder on {len(below)} ({'; '.join(below)}): at this scale "
+                  "the MAE features are worse than random ones there, so no pool can win through them.")
     out.append(scale)
     out.append(f"- Variance: {len(size['seeds'])} finetuning seed(s) and {len(size['probe_seeds'])} probe seeds over "
                "a few held-out scenes; the intervals above are that wide.")
@@ -394,6 +397,10 @@ def write_report(out: Path, facts: dict[str, Any]) -> Path:
     lines = ["# arctic-vit demo report: what does curating the pretraining pool buy?", "",
              f"Size: `{facts['size']}`. Seed {facts['seed']}. Wall time {facts['seconds'] / 60:.1f} min on "
              f"{facts['threads']} CPU thread(s). Stages: {stages}.", ""]
+    load = facts.get("load_average")
+    if load:
+        lines += [f"Machine load (1/5/15-min load average, {load['cpus']} CPUs): {load['start']} at the start, "
+                  f"{load['end']} at the end; on a shared machine the times above are inflated accordingly.", ""]
     if facts["skipped"]:
         lines += ["Skipped for this input: " + "; ".join(facts["skipped"]) + ".", ""]
     lines += archive_section(facts, rel) + curation_section(facts, out, rel) + pools_section(facts, rel)
