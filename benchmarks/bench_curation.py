@@ -260,6 +260,7 @@ def selection_quality(budget: int = 500, seed: int = 0) -> dict:
     from training.config import load_config
     from training.curate.affinity import hierarchical_ap, negative_sq_distances
     from training.curate.pipeline import ap_arguments
+    from training.curate.quality import selection_quality as selection_quality_of
     from training.curate.select import select
 
     x, types, low = skewed_archive(seed)
@@ -275,15 +276,7 @@ def selection_quality(budget: int = 500, seed: int = 0) -> dict:
     kmeans = np.unique(np.argmax(negative_sq_distances(km.cluster_centers_.astype(np.float32), x), axis=1))
 
     def scores(chosen: np.ndarray) -> dict:
-        nearest = np.empty(len(x))
-        for a in range(0, len(x), 8192):
-            nearest[a : a + 8192] = np.sqrt(-negative_sq_distances(x[a : a + 8192], x[chosen]).max(axis=1))
-        counts = np.bincount(types[chosen], minlength=types.max() + 1)
-        p = counts[counts > 0] / counts.sum()
-        return dict(selected=len(chosen), coverage_mean=float(nearest.mean()),
-                    coverage_p95=float(np.quantile(nearest, 0.95)),
-                    balance_entropy=float(-(p * np.log(p)).sum() / math.log(types.max() + 1)),
-                    types_covered=int((counts > 0).sum()), low_information_share=float(low[chosen].mean()))
+        return selection_quality_of(x, chosen, scene_types=types, low_information=low)
 
     out = dict(n=len(x), types=int(types.max() + 1), budget=budget, low_information_chips=int(low.sum()),
                curated=dict(scores(curated), seconds=seconds, clusters=len(ap.exemplars)),
