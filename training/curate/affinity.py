@@ -348,9 +348,9 @@ def hierarchical_ap(
     refine_iter: int = 3,
     split: bool = True,
     merge: bool = True,
-    polish_rounds: int = 2,
+    polish_rounds: int = 3,
     polish_group: int = 512,
-    polish_fixed: int = 24,
+    polish_fixed: int = 64,
     coherent: bool = True,
     chunk_size: int = 16384,
     seed: int = 0,
@@ -385,8 +385,8 @@ def hierarchical_ap(
     bound = max_levels(n, part, max_partition_size, min_reduction)
 
     active = np.arange(n)  # indices (into x) of the items of the current level (each an exemplar point)
-    weights = np.ones(n, np.float64)  # points each active item stands for
-    sums = x.astype(np.float64)  # summed coordinates of those points (only rows of active items are used)
+    weights = np.ones(n, np.float64)  # (len(active),) points each active item stands for
+    sums = None  # (len(active), d) float64 summed coordinates of those points; None on the first level (= x)
     owner = np.arange(n)  # owner[i]: the active item that point i is represented by
     level_labels, levels = [], []
     level = 0
@@ -395,11 +395,11 @@ def hierarchical_ap(
         if level >= bound:  # unreachable by the argument in max_levels; a guard, not a code path
             raise RuntimeError(f"hierarchical_ap: level {level} exceeds the bound {bound} (a bug)")
         t0 = time.perf_counter()
-        means = (sums[active] / weights[active][:, None]).astype(np.float32)
+        means = x if sums is None else (sums / weights[:, None]).astype(np.float32)
         n_parts = -(-len(active) // part)
         order = coherent_order(means, n_parts, seed + level) if coherent else rng.permutation(len(active))
         items = active[order]
-        item_w = weights[items]
+        item_w = weights[order]
         item_means = means[order]
         bounds = np.linspace(0, len(items), n_parts + 1).astype(np.int64)
         per_task = max(1, chunk_size // part)  # partitions per Dask task
@@ -420,11 +420,11 @@ def hierarchical_ap(
         converged = float(np.mean(np.concatenate([c for _, c in local])))
         rep = np.empty(n, np.int64)
         rep[items] = exemplar_of_item
-        new_active = np.unique(exemplar_of_item)
-        new_weights = np.zeros(n, np.float64)
-        np.add.at(new_weights, exemplar_of_item, item_w)
-        new_sums = np.zeros_like(sums)
-        np.add.at(new_sums, exemplar_of_item, sums[items])
+        # compact per-item state: memory O(items of the next level x d), not O(n x d) per level
+        new_active, slot = np.unique(exemplar_of_item, return_inverse=True)
+        new_weights = np.bincount(slot, weights=item_w, minlength=len(new_active))
+        new_sums = np.zeros((len(new_active), x.shape[1]), np.float64)
+        np.add.at(new_sums, slot, x[items] if sums is None else sums[order])
         owner = rep[owner]
         level_labels.append(np.unique(owner, return_inverse=True)[1])
         reduction = 1.0 - len(new_active) / len(active)
@@ -440,9 +440,9 @@ def hierarchical_ap(
 
     t0 = time.perf_counter()
     if stop_reason == "one_partition":
-        top_means = (sums[active] / weights[active][:, None]).astype(np.float32)
+        top_means = x[active] if sums is None else (sums / weights[:, None]).astype(np.float32)
         top_k = None if split else target_k  # with the split pass, target_k is met by merging its clusters below
-        top_pref, top_labels = _top_level(top_means, x[active], weights[active], pref, top_k, ap_kwargs, seed)
+        top_pref, top_labels = _top_level(top_means, x[active], weights, pref, top_k, ap_kwargs, seed)
         exemplars = active[np.unique(top_labels)]
     else:  # more exemplars than the largest partition: the items left are the exemplars
         top_pref, exemplars = pref, active
