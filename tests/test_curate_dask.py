@@ -68,3 +68,16 @@ def test_worker_killed_mid_run_does_not_change_the_manifest(archive, reference, 
         killer.join(timeout=5)
     assert killed, "no worker was killed while it was running a task"
     pd.testing.assert_frame_equal(manifest, reference)
+
+
+def test_worker_side_modules_do_not_import_torch():
+    """What a Dask worker imports to run a scene or a clustering task stays light: torch (via arctic_vit) would add
+    ~0.9 GB per worker and pause workers at a 1 GiB memory limit (the run then waits forever)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, training.curate.tiling, training.curate.affinity, training.curate.pipeline; "
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.strip() == "False"

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 SIMILARITY_SAMPLE = 200_000
+SIMILARITY_BLOCK = 4_194_304  # elements (16 MB float32) of one (rows x exemplars) similarity block in the searches
 
 
 def negative_sq_distances(x: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
@@ -400,16 +401,18 @@ def hierarchical_ap(
         order = coherent_order(means, n_parts, seed + level) if coherent else rng.permutation(len(active))
         items = active[order]
         item_w = weights[order]
-        item_means = means[order]
         bounds = np.linspace(0, len(items), n_parts + 1).astype(np.int64)
         per_task = max(1, chunk_size // part)  # partitions per Dask task
         cuts = bounds[::per_task] if (n_parts % per_task) == 0 else np.append(bounds[::per_task], bounds[-1])
         chunks = list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
-        args = [
-            (item_means[a:b], x[items[a:b]], item_w[a:b], pref, bounds[(bounds >= a) & (bounds <= b)] - a,
-             seed * 1_000_003 + level * 7919 + a, ap_kwargs)
-            for a, b in chunks
-        ]
+
+        def level_task(j: int, means=means, order=order, items=items, item_w=item_w, bounds=bounds, level=level,
+                       chunks=chunks) -> tuple:  # built when submitted: no copy of the whole level at once
+            a, b = chunks[j]
+            return (means[order[a:b]], x[items[a:b]], item_w[a:b], pref, bounds[(bounds >= a) & (bounds <= b)] - a,
+                    seed * 1_000_003 + level * 7919 + a, ap_kwargs)
+
+        args = LazyArgs(len(chunks), level_task)
         if client is not None:
             local = _on_workers(client, _partition_ap_star, args)
         else:
@@ -424,7 +427,8 @@ def hierarchical_ap(
         new_active, slot = np.unique(exemplar_of_item, return_inverse=True)
         new_weights = np.bincount(slot, weights=item_w, minlength=len(new_active))
         new_sums = np.zeros((len(new_active), x.shape[1]), np.float64)
-        np.add.at(new_sums, slot, x[items] if sums is None else sums[order])
+        for a, b in chunks:
+            np.add.at(new_sums, slot[a:b], x[items[a:b]] if sums is None else sums[order[a:b]])
         owner = rep[owner]
         level_labels.append(np.unique(owner, return_inverse=True)[1])
         reduction = 1.0 - len(new_active) / len(active)
@@ -503,10 +507,11 @@ def merge_exemplars(
         centres = x[exemplars]
         m = min(n_neighbours, K - 1)
         nb = np.empty((K, m), np.int64)  # nearest other exemplars of each exemplar
-        for a in range(0, K, chunk):
-            sim = negative_sq_distances(centres[a : a + chunk], centres)
+        rows = _rows_per_block(chunk, K)
+        for a in range(0, K, rows):
+            sim = negative_sq_distances(centres[a : a + rows], centres)
             sim[np.arange(len(sim)), np.arange(a, a + len(sim))] = -np.inf
-            nb[a : a + chunk] = np.argpartition(-sim, m - 1, axis=1)[:, :m]
+            nb[a : a + rows] = np.argpartition(-sim, m - 1, axis=1)[:, :m]
         labels = nearest_exemplar(x, exemplars, chunk)
         cost = np.zeros(len(x), np.float64)
         fallback = np.empty(len(x), np.int64)
@@ -601,33 +606,71 @@ def _top_level(
     return best[1], best[2]
 
 
-def _on_workers(client, fn: Callable, args: list, retries: int = 3) -> list:
+class LazyArgs(Sequence):
+    """A sequence of task arguments made on access (``make(i)``), so a pass never holds every task's data at once."""
+
+    def __init__(self, count: int, make: Callable[[int], object]):
+        self.count, self.make = count, make
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.make(j) for j in range(*i.indices(self.count))]
+        if not -self.count <= i < self.count:
+            raise IndexError(i)
+        return self.make(i % self.count)
+
+
+def _on_workers(client, fn: Callable, args: Sequence, retries: int = 3, window: int | None = None) -> list:
     """fn over args on Dask workers -> results in input order.
 
-    The arguments are scattered (sent to the workers as data, not embedded in the task graph). Scattered data dies
-    with its worker, so a task that fails (its worker killed, its data lost) is re-scattered and re-run, up to
-    ``retries`` times, then an error names it. Tasks are pure: a re-run gives the same result.
+    Each task's arguments are scattered when it is submitted (sent to the workers as data, not embedded in the task
+    graph) and at most ``window`` tasks (default: twice the cluster's threads) are in flight, so the client holds
+    the data of ``window`` tasks, not of the whole pass. Scattered data dies with its worker, so a task that fails
+    (its worker killed, its data lost) is re-scattered and re-run, up to ``retries`` times, then an error names it.
+    Tasks are pure: a re-run gives the same result.
     """
-    # hash=False: fresh keys, so data equal to an earlier call's (being released) is never shared with it
-    futures = [client.submit(fn, data, pure=False) for data in client.scatter(args, hash=False)]
+    count = len(args)
+    window = window or max(2, 2 * sum(client.nthreads().values()))
+
+    def submit(i: int):
+        # hash=False: fresh keys, so data equal to an earlier call's (being released) is never shared with it
+        return client.submit(fn, client.scatter([args[i]], hash=False)[0], pure=False)
+
+    futures: dict[int, object] = {}
     results = []
-    for i, future in enumerate(futures):
+    submitted = 0
+    for i in range(count):
+        while submitted < count and submitted < i + window:
+            futures[submitted] = submit(submitted)
+            submitted += 1
+        future = futures.pop(i)
         for attempt in range(retries + 1):
             try:
                 results.append(future.result())
                 break
             except Exception as err:  # KilledWorker, lost scattered data, a cancelled future ...
                 if attempt == retries:
-                    raise RuntimeError(f"{fn.__name__} task {i} of {len(args)} failed {retries + 1} times on the "
+                    raise RuntimeError(f"{fn.__name__} task {i} of {count} failed {retries + 1} times on the "
                                        f"Dask workers: {type(err).__name__}: {err}") from err
-                future = client.submit(fn, client.scatter([args[i]], hash=False)[0], pure=False)
-    return results  # the futures (and the scattered data) are released when they go out of scope
+                future = submit(i)
+        del future  # released: its scattered data can go
+    return results
+
+
+def _rows_per_block(chunk: int, n_exemplars: int) -> int:
+    """Rows of one similarity block against ``n_exemplars`` centres: at most ``chunk``, at most SIMILARITY_BLOCK
+    elements (so the searches' memory does not grow with the number of clusters), at least 256."""
+    return int(max(256, min(chunk, SIMILARITY_BLOCK // max(n_exemplars, 1))))
 
 
 def nearest_exemplar(x: np.ndarray, exemplars: np.ndarray, chunk: int = 32768) -> np.ndarray:
     """x: (n, d), exemplars: (K,) indices -> (n,) cluster id 0..K-1 of the nearest exemplar (exemplars map to self)."""
     centres = x[exemplars]
     labels = np.empty(len(x), np.int64)
+    chunk = _rows_per_block(chunk, len(exemplars))
     for start in range(0, len(x), chunk):
         labels[start : start + chunk] = negative_sq_distances(x[start : start + chunk], centres).argmax(axis=1)
     labels[exemplars] = np.arange(len(exemplars))
@@ -674,21 +717,22 @@ def _split_clusters(
     order = np.argsort(labels, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=len(exemplars)))])
     members = [order[bounds[k] : bounds[k + 1]] for k in range(len(exemplars))]
-    jobs = [(x[m], preference, 4 * partition_size, ap_kwargs, seed + k) for k, m in enumerate(members)]
-    # group small clusters into tasks of about 16k points
+    # clusters grouped into tasks of about 16k points; a task's points are copied when it is submitted
     groups, current, size = [], [], 0
-    for job in jobs:
-        current.append(job)
-        size += len(job[0])
+    for k, m in enumerate(members):
+        current.append(k)
+        size += len(m)
         if size >= 16384:
             groups.append(current)
             current, size = [], 0
     if current:
         groups.append(current)
+    args = LazyArgs(len(groups), lambda g: [(x[members[k]], preference, 4 * partition_size, ap_kwargs, seed + k)
+                                            for k in groups[g]])
     if client is not None:
-        results = [r for group in _on_workers(client, _split_clusters_star, groups) for r in group]
+        results = [r for group in _on_workers(client, _split_clusters_star, args) for r in group]
     else:
-        results = [r for group in groups for r in _split_clusters_star(group)]
+        results = [r for group in args for r in _split_clusters_star(group)]
     return np.sort(np.concatenate([m[local] for m, local in zip(members, results)]))
 
 
@@ -758,14 +802,18 @@ def polish_exemplars(
         if len(others):
             gap = negative_sq_distances(x[exemplars[ks]], x[exemplars[others]]).max(axis=0)
             others = others[np.argsort(-gap, kind="stable")[:n_fixed]]
-        old = np.searchsorted(pts, exemplars[ks])
-        jobs.append((x[pts], x[exemplars[others]], old, preference, ap_kwargs, seed * 7919 + g))
+        jobs.append((others, np.searchsorted(pts, exemplars[ks]), seed * 7919 + g))
         meta.append((ks, pts))
-    groups = [jobs[i : i + 4] for i in range(0, len(jobs), 4)]
+
+    def polish_task(t: int) -> list[tuple]:  # four groups per task, their points copied when it is submitted
+        return [(x[meta[g][1]], x[exemplars[jobs[g][0]]], jobs[g][1], preference, ap_kwargs, jobs[g][2])
+                for g in range(4 * t, min(4 * t + 4, len(jobs)))]
+
+    args = LazyArgs(-(-len(jobs) // 4), polish_task)
     if client is not None:
-        results = [r for group in _on_workers(client, _polish_star, groups) for r in group]
+        results = [r for group in _on_workers(client, _polish_star, args) for r in group]
     else:
-        results = [r for group in groups for r in _polish_star(group)]
+        results = [r for group in args for r in _polish_star(group)]
     keep = np.ones(K, bool)
     added = []
     for (ks, pts), new in zip(meta, results):
@@ -788,8 +836,10 @@ def _refine(x: np.ndarray, exemplars: np.ndarray, n_iter: int) -> np.ndarray:
         sums = np.zeros((len(exemplars), x.shape[1]))
         np.add.at(sums, labels, x)
         means = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-        diff = x - means[labels]
-        dist = np.einsum("ij,ij->i", diff, diff)
+        dist = np.empty(len(x), np.float32)
+        for a in range(0, len(x), 65536):  # in blocks: no (n, d) temporaries
+            diff = x[a : a + 65536] - means[labels[a : a + 65536]]
+            dist[a : a + 65536] = np.einsum("ij,ij->i", diff, diff)
         order = np.lexsort((dist, labels))
         first = np.searchsorted(labels[order], np.arange(len(exemplars)))
         moved = order[first]

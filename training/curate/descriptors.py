@@ -20,6 +20,7 @@ CORE_BANDS = ("blue", "green", "red", "nir")
 PERCENTILES = (5, 50, 95)
 HISTOGRAM_EDGES = np.array([0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.65, 1.0001], np.float32)
 SENSOR_SLOTS = (*KNOWN_SENSORS, "other")
+STANDARDISE_CHUNK = 65_536  # rows per float64 pass in ``standardise`` (its memory is O(chunk x D), not O(n x D))
 
 
 def spectral_names() -> list[str]:
@@ -133,14 +134,25 @@ def standardise(
     ``weight²`` so groups of different sizes count as configured.
     """
     weights = {"spectral": 1.0, "texture": 1.0, "metadata": 0.5, **(weights or {})}
-    x = descriptors.astype(np.float64)
-    known = ~np.isnan(x)
-    mean = np.nansum(x, axis=0) / np.maximum(known.sum(axis=0), 1)  # 0 for a column with no known value
-    centred = np.where(np.isnan(x), 0.0, x - mean)
-    std = np.sqrt((centred**2).mean(axis=0)) if len(x) else np.ones(x.shape[1])
+    n, d = descriptors.shape
+    chunks = [(a, min(a + STANDARDISE_CHUNK, n)) for a in range(0, n, STANDARDISE_CHUNK)]  # float64 per chunk only
+    total, known = np.zeros(d), np.zeros(d)
+    for a, b in chunks:
+        part = descriptors[a:b].astype(np.float64)
+        total += np.nansum(part, axis=0)
+        known += (~np.isnan(part)).sum(axis=0)
+    mean = total / np.maximum(known, 1)  # 0 for a column with no known value
+    square = np.zeros(d)
+    for a, b in chunks:
+        part = descriptors[a:b].astype(np.float64) - mean
+        square += np.where(np.isnan(part), 0.0, part * part).sum(axis=0)
+    std = np.sqrt(square / n) if n else np.ones(d)
     std = np.where(std > 1e-12, std, np.inf)
     scale = np.concatenate([np.full(len(names), weights[g] / math.sqrt(len(names))) for g, names in GROUPS.items()])
-    z = (centred / std * scale).astype(np.float32)
+    z = np.empty((n, d), np.float32)
+    for a, b in chunks:
+        part = descriptors[a:b].astype(np.float64) - mean
+        z[a:b] = np.where(np.isnan(part), 0.0, part / std * scale)
     stats = {"names": DESCRIPTOR_NAMES, "mean": mean.tolist(), "std": np.where(np.isinf(std), 0, std).tolist(),
              "scale": scale.tolist()}
     return z, stats

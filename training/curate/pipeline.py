@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.config import write_resolved
 from training.curate.affinity import hierarchical_ap
 from training.curate.descriptors import DESCRIPTOR_NAMES, METADATA_NAMES, invalid_descriptor_rows, standardise
 from training.curate.kmeans import hierarchical_kmeans
 from training.curate.metadata import catalog_row_for, load_catalog
 from training.curate.report import write_report
-from training.curate.select import duplicate_mask, select
+from training.curate.select import duplicate_rows, select
 from training.curate.tiling import SceneResult, Source, discover, process_scene
 from training.curate.validate import validate_config
 
@@ -170,47 +169,90 @@ def run_curation(cfg: dict) -> Path:
     validate_config(cfg)  # every key, select.* included, before any tiling
     out = Path(cfg.get("out") or "outputs/curate").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    from training.config import write_resolved  # arctic_vit (torch): here, not at import (Dask workers import this
+    # module to run scenes and would each load torch, ~0.9 GB, enough to pause a worker at its memory limit)
+
     write_resolved(cfg, out)
     inputs = _inputs(cfg)
     sources = discover(inputs, list(cfg["input"]["patterns"]), list(cfg["input"].get("exclude") or []))
     if not sources:
         raise FileNotFoundError(f"no input files matching {cfg['input']['patterns']} under {inputs}")
     catalog = load_catalog(cfg["input"].get("catalog"))
-    seed = int(cfg.get("seed", 0))
     with dask_client(cfg.get("dask", {})) as client:
         t0 = time.perf_counter()
         results = _process_sources(sources, cfg, catalog, out, client)
         t_tiles = time.perf_counter() - t0
-        manifest = pd.concat([r.rows for r in results], ignore_index=True)  # columnar per scene, no row dicts
+        manifest = pd.concat([r.rows for r in results], ignore_index=True)  # columnar (Arrow strings), no row dicts
         raw = np.concatenate([r.descriptors for r in results if r.descriptors is not None and len(r.descriptors)]
                              or [np.zeros((0, len(DESCRIPTOR_NAMES)), np.float32)])
-        accepted = np.flatnonzero(manifest["reject_reason"].isna().to_numpy())
-        if len(accepted) != len(raw):
-            raise RuntimeError(f"internal: {len(accepted)} accepted chips but {len(raw)} descriptors")
-        keep = np.ones(len(accepted), bool)
-        wanted = cfg["select"].get("bands")
-        if wanted:  # one band set out of several sources
-            from arctic_vit.bands import validate_bands
+        del results
+        return curate_candidates(manifest, raw, cfg, out, client, t_tiles=t_tiles, t_start=t_start)
 
-            wanted = ",".join(validate_bands(str(wanted)))
-            other = manifest["bands"].to_numpy()[accepted] != wanted
-            manifest.loc[accepted[other], "reject_reason"] = f"band_set: not select.bands={wanted}"
-            keep &= ~other
-        bad = invalid_descriptor_rows(raw)
-        manifest.loc[accepted[bad & keep], "reject_reason"] = "invalid_descriptor: non-finite values"
-        keep &= ~bad
-        accepted, raw = accepted[keep], raw[keep]
-        if cfg["select"].get("dedup", True) and len(raw):
-            pixel_part = raw[:, : len(DESCRIPTOR_NAMES) - len(METADATA_NAMES)]  # same pixels, whatever the metadata
-            keys = [h.encode() + d.tobytes() for h, d in zip(manifest["content_hash"].to_numpy()[accepted], pixel_part)]
-            dup = duplicate_mask(keys)
-            manifest.loc[accepted[dup], "reject_reason"] = "duplicate"
-            accepted, raw = accepted[~dup], raw[~dup]
-        corpus_contract(manifest.iloc[accepted])  # disagreeing bands / bit depth: an error before clustering
-        x, stats = standardise(raw, cfg["descriptors"].get("weights"))
-        labels, exemplars, level_labels, cluster_info = (
-            _cluster(x, cfg, client) if len(x) else (np.zeros(0, int), np.zeros(0, int), [], {"method": "none"})
-        )
+
+def content_keys(hashes: pd.Series, pixel_part: np.ndarray) -> np.ndarray:
+    """Content hashes (n,) and pixel descriptors (n, p) float32 -> (n, b) uint8 rows (the exact-duplicate key).
+
+    Equal-length hashes (CRC32 hex) are read from the Arrow buffer, so no per-row Python string is made.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pa.array(hashes.reset_index(drop=True))
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    arr = pc.fill_null(pc.cast(arr, pa.large_binary()), b"")
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    lengths = np.diff(offsets)
+    if len(arr) and (lengths == lengths[0]).all():
+        data = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0] : offsets[-1]].reshape(len(arr), lengths[0])
+    else:  # unequal lengths: pad each to the longest (rare; per-row values only here)
+        width = int(lengths.max()) if len(arr) else 0
+        data = np.frombuffer(b"".join(v.ljust(width, b"\0") for v in arr.to_pylist()) or b"", np.uint8)
+        data = data.reshape(len(arr), width)
+    pixels = np.ascontiguousarray(pixel_part, np.float32).view(np.uint8).reshape(len(pixel_part), -1)
+    return np.concatenate([data, pixels], axis=1)
+
+
+def curate_candidates(
+    manifest: pd.DataFrame, raw: np.ndarray, cfg: dict, out: Path, client=None, *, t_tiles: float = 0.0,
+    t_start: float | None = None,
+) -> Path:
+    """Candidates -> ``manifest.parquet`` path: rejects (band set, non-finite descriptors, duplicates), standardise,
+    cluster, select, write the manifest (row groups), corpus.json, descriptors and the report.
+
+    manifest: one row per candidate (tiling's columns; accepted rows have ``reject_reason`` null), raw: (n_accepted,
+    D) float32 descriptors of the accepted rows in manifest order. ``client``: a ``distributed.Client`` or None.
+    """
+    t_start = time.perf_counter() if t_start is None else t_start
+    seed = int(cfg.get("seed", 0))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    accepted = np.flatnonzero(manifest["reject_reason"].isna().to_numpy())
+    if len(accepted) != len(raw):
+        raise RuntimeError(f"internal: {len(accepted)} accepted chips but {len(raw)} descriptors")
+    keep = np.ones(len(accepted), bool)
+    wanted = cfg["select"].get("bands")
+    if wanted:  # one band set out of several sources
+        from arctic_vit.bands import validate_bands
+
+        wanted = ",".join(validate_bands(str(wanted)))
+        other = (manifest["bands"].iloc[accepted] != wanted).to_numpy()
+        manifest.loc[accepted[other], "reject_reason"] = f"band_set: not select.bands={wanted}"
+        keep &= ~other
+    bad = invalid_descriptor_rows(raw)
+    manifest.loc[accepted[bad & keep], "reject_reason"] = "invalid_descriptor: non-finite values"
+    keep &= ~bad
+    accepted, raw = accepted[keep], raw[keep]
+    if cfg["select"].get("dedup", True) and len(raw):
+        pixel_part = raw[:, : len(DESCRIPTOR_NAMES) - len(METADATA_NAMES)]  # same pixels, whatever the metadata
+        dup = duplicate_rows(content_keys(manifest["content_hash"].iloc[accepted], pixel_part))
+        manifest.loc[accepted[dup], "reject_reason"] = "duplicate"
+        accepted, raw = accepted[~dup], raw[~dup]
+    corpus_contract(manifest.iloc[accepted])  # disagreeing bands / bit depth: an error before clustering
+    x, stats = standardise(raw, cfg["descriptors"].get("weights"))
+    labels, exemplars, level_labels, cluster_info = (
+        _cluster(x, cfg, client) if len(x) else (np.zeros(0, int), np.zeros(0, int), [], {"method": "none"})
+    )
     within = cfg["select"].get("within", "closest")
     budget = int(cfg["select"]["budget"])
     if budget >= len(x):
@@ -225,8 +267,9 @@ def run_curation(cfg: dict) -> Path:
     if contract is not None:
         contract.write(out / CONTRACT_FILENAME)
     descriptors = pd.DataFrame(raw, columns=DESCRIPTOR_NAMES)
-    descriptors.insert(0, "chip_id", manifest["chip_id"].to_numpy()[accepted])
-    descriptors.to_parquet(out / "descriptors.parquet", index=False)
+    descriptors.insert(0, "chip_id", manifest["chip_id"].iloc[accepted].reset_index(drop=True))
+    descriptors.to_parquet(out / "descriptors.parquet", index=False, row_group_size=MANIFEST_ROW_GROUP)
+    del descriptors
     (out / "descriptor_stats.json").write_text(json.dumps(stats))
     info = dict(timings_s=dict(tiles_and_descriptors=t_tiles, cluster=cluster_info.pop("seconds", 0.0),
                                total=time.perf_counter() - t_start),

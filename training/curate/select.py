@@ -114,3 +114,15 @@ def duplicate_mask(keys: list[bytes]) -> np.ndarray:
         else:
             seen.add(key)
     return out
+
+
+def duplicate_rows(keys: np.ndarray) -> np.ndarray:
+    """keys: (n, b) uint8, one row per accepted chip -> (n,) bool, True for a repeat of an earlier row.
+
+    The same answer as ``duplicate_mask`` on the rows' bytes, vectorised (a sort; no per-row Python objects).
+    """
+    keys = np.ascontiguousarray(keys, np.uint8)
+    out = np.ones(len(keys), bool)
+    if len(keys):
+        out[np.unique(keys, axis=0, return_index=True)[1]] = False
+    return out
