@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -263,13 +264,15 @@ def curate_candidates(
     if contract is None:
         log.warning("no chip selected: no %s written", CONTRACT_FILENAME)
     manifest_path = out / MANIFEST_NAME
-    manifest.to_parquet(manifest_path, index=False, row_group_size=MANIFEST_ROW_GROUP)
+    import pyarrow as pa
+
+    write_row_groups(manifest_path, len(manifest), lambda a, b: manifest.iloc[a:b],
+                     schema=pa.Schema.from_pandas(manifest, preserve_index=False))
     if contract is not None:
         contract.write(out / CONTRACT_FILENAME)
-    descriptors = pd.DataFrame(raw, columns=DESCRIPTOR_NAMES)
-    descriptors.insert(0, "chip_id", manifest["chip_id"].iloc[accepted].reset_index(drop=True))
-    descriptors.to_parquet(out / "descriptors.parquet", index=False, row_group_size=MANIFEST_ROW_GROUP)
-    del descriptors
+    chip_ids = manifest["chip_id"].iloc[accepted].reset_index(drop=True)
+    write_row_groups(out / "descriptors.parquet", len(raw), lambda a, b: pd.concat(
+        [chip_ids.iloc[a:b].reset_index(drop=True), pd.DataFrame(raw[a:b], columns=DESCRIPTOR_NAMES)], axis=1))
     (out / "descriptor_stats.json").write_text(json.dumps(stats))
     info = dict(timings_s=dict(tiles_and_descriptors=t_tiles, cluster=cluster_info.pop("seconds", 0.0),
                                total=time.perf_counter() - t_start),
@@ -279,6 +282,32 @@ def curate_candidates(
     write_report(out, manifest, x, info, figures=bool(cfg.get("report", {}).get("figures", True)),
                  mosaic_clusters=int(cfg.get("report", {}).get("mosaic_clusters", 8)), seed=seed)
     return manifest_path
+
+
+def write_row_groups(path: Path, n_rows: int, rows: Callable[[int, int], pd.DataFrame],
+                     group: int = MANIFEST_ROW_GROUP, schema=None) -> None:
+    """Write ``rows(a, b)`` (a DataFrame of rows a..b) for consecutive blocks of ``group`` rows as Parquet row groups,
+    one block in memory at a time (readers such as ``training.pack`` stream them group by group). ``schema``
+    (``pyarrow.Schema``, default: the first block's) is the file's; each block is cast to it (an all-null column in
+    one block does not change the type)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    tmp = path.with_suffix(".tmp.parquet")
+    try:
+        for a in range(0, max(n_rows, 1), group):
+            table = pa.Table.from_pandas(rows(a, min(a + group, n_rows)), preserve_index=False)
+            if writer is None:
+                schema = table.schema if schema is None else schema
+                writer = pq.ParquetWriter(tmp, schema)
+            if not table.schema.equals(schema, check_metadata=False):
+                table = table.cast(schema)
+            writer.write_table(table, row_group_size=group)
+    finally:
+        if writer is not None:
+            writer.close()
+    os.replace(tmp, path)
 
 
 def check_band_names(rows: pd.DataFrame) -> None:

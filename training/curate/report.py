@@ -13,10 +13,11 @@ def summary(manifest: pd.DataFrame, extra: dict) -> dict:
     """Counts that reconcile: candidates = selected + unselected + rejected (source-level rejects are candidates)."""
     rejected = manifest["reject_reason"].notna()
     reasons = manifest.loc[rejected, "reject_reason"].str.split(":").str[0].value_counts().to_dict()
-    accepted = manifest[~rejected]
-    top = accepted["cluster"] if "cluster" in accepted else pd.Series(dtype=int)
+    kept = (~rejected).to_numpy()  # masks and single columns only: no copy of the whole manifest
+    top = manifest["cluster"][kept] if "cluster" in manifest else pd.Series(dtype=int)
     sizes = top.value_counts()
-    selected_sizes = accepted.loc[accepted["selected"], "cluster"].value_counts() if len(accepted) else sizes
+    selected_sizes = (manifest["cluster"][kept & manifest["selected"].to_numpy()].value_counts() if kept.any()
+                      else sizes)
     out = dict(
         candidates=len(manifest),
         selected=int(manifest["selected"].sum()),
