@@ -85,17 +85,24 @@ def zipf_anisotropic(n: int, seed: int = 0, k: int = 60) -> np.ndarray:
     return np.concatenate(parts)[rng.permutation(n)].astype(np.float32)
 
 
-def maple_descriptors(chip: int = 64) -> np.ndarray:
-    """Standardised descriptors (N, 52) of the MAPLE chips cut into ``chip``-px chips by the pipeline's own code."""
+def maple_raw_descriptors(chip: int = 64) -> np.ndarray:
+    """Raw descriptors (N, 52) of the MAPLE chips cut into ``chip``-px chips by the pipeline's own tiling code."""
     from training.config import load_config
-    from training.curate.descriptors import standardise
     from training.curate.tiling import discover, process_scene
 
     cfg = load_config(REPO / "training" / "configs" / "curate.yaml",
                       overrides=[f"tiling.chip_size={chip}", f"tiling.stride={chip}"])
     sources = discover([str(MAPLE_DIR)], list(cfg["input"]["patterns"]), list(cfg["input"]["exclude"]))
-    raw = np.concatenate([process_scene(source, cfg).descriptors for source in sources])
-    return standardise(raw, cfg["descriptors"]["weights"])[0]
+    return np.concatenate([process_scene(source, cfg).descriptors for source in sources])
+
+
+def maple_descriptors(chip: int = 64) -> np.ndarray:
+    """Standardised descriptors (N, 52) of the MAPLE chips (``maple_raw_descriptors``, the pipeline's weights)."""
+    from training.config import load_config
+    from training.curate.descriptors import standardise
+
+    cfg = load_config(REPO / "training" / "configs" / "curate.yaml")
+    return standardise(maple_raw_descriptors(chip), cfg["descriptors"]["weights"])[0]
 
 
 def make_case(case: str, n: int, seed: int = 0) -> np.ndarray:
@@ -333,6 +340,221 @@ def descriptor_read_ratio(n_scenes: int, size: int, repeats: int = 3) -> dict:
                 descriptor_read_ratio=ratio, rates=rates, checks={"read_ratio": ratio >= READ_RATIO_TARGET})
 
 
+# --- the pipeline at millions: clustering + selection + manifest, RSS of the whole process tree --------------------
+
+E2E_SIZES = (250_000, 1_000_000)
+E2E_QUICK_SIZES = (20_000, 80_000)
+E2E_BUDGET_SHARE = 0.1  # select.budget = 10 % of the rows
+# Targets (asserted). Workers hold one task's data (partition / group / chunk sizes), so their peak must not grow
+# with n; the client holds the descriptor arrays (n x 52 float32, raw and standardised) and the columnar manifest,
+# so its growth is linear in n with a small constant: no per-row Python objects (a dict per chip was ~1.7 KB).
+E2E_WORKER_PEAK_RATIO_TARGET = 1.5  # max worker-process peak RSS at the largest size / at the smallest
+E2E_CLIENT_BYTES_PER_ROW_TARGET = 1500  # client peak RSS per extra row between the smallest and the largest size
+E2E_JITTER = 0.05  # resampled MAPLE rows + N(0, (0.05 x column std)²)
+
+
+def e2e_raw_descriptors(n: int, source: str, seed: int = 0) -> np.ndarray:
+    """(n, 52) float32 raw descriptors with real structure.
+
+    source = a .npy of the real MAPLE chips' raw descriptors: rows resampled with replacement plus jitter (0.05 of
+    each column's std; NaN columns — bands a JPEG lacks — stay NaN); source = 'generator': 300 Gaussian clusters with
+    Zipf(1.1) sizes and random anisotropic spreads (80 %) plus a uniform continuous background (20 %).
+    """
+    from training.curate.descriptors import DESCRIPTOR_NAMES
+
+    rng = np.random.default_rng(seed)
+    d = len(DESCRIPTOR_NAMES)
+    if source != "generator":
+        base = np.load(source)
+        std = np.nan_to_num(np.nanstd(base, axis=0), nan=0.0).astype(np.float32)
+        out = base[rng.integers(0, len(base), n)]
+        out += rng.standard_normal((n, d), dtype=np.float32) * (E2E_JITTER * std)
+        return out
+    k = 300
+    weights = 1.0 / np.arange(1, k + 1) ** 1.1
+    sizes = rng.multinomial(int(n * 0.8), weights / weights.sum())
+    centres = rng.uniform(-10, 10, (k, d)).astype(np.float32)
+    spreads = rng.uniform(0.2, 2.0, (k, d)).astype(np.float32)
+    owner = np.repeat(np.arange(k), sizes)
+    out = np.empty((n, d), np.float32)
+    m = len(owner)
+    out[:m] = centres[owner] + rng.standard_normal((m, d), dtype=np.float32) * spreads[owner]
+    out[m:] = rng.uniform(-12, 12, (n - m, d)).astype(np.float32)
+    return out[rng.permutation(n)]
+
+
+def e2e_manifest(n: int, chips_per_scene: int = 1024, chip: int = 256):
+    """A columnar candidate manifest of n accepted chips (tiling's columns), built with Arrow compute (no per-row
+    Python objects): scenes of ``chips_per_scene`` chips on a 32-chip-wide grid, 4-band 11-bit WorldView-3."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    i = np.arange(n, dtype=np.int64)
+    scene = i // chips_per_scene
+    row_off = (i % chips_per_scene) // 32 * chip
+    col_off = (i % chips_per_scene) % 32 * chip
+
+    def text(values: np.ndarray):
+        return pc.cast(pa.array(values), pa.large_string())
+
+    def word(value: str):
+        return pa.scalar(value, pa.large_string())
+
+    scene_id = pc.binary_join_element_wise(word("scene"), pc.utf8_lpad(text(scene), 6, "0"), word(""))
+    chip_id = pc.binary_join_element_wise(scene_id, text(row_off), text(col_off), word(":"))
+    source_path = pc.binary_join_element_wise(word("/archive/"), scene_id, word(".tif"), word(""))
+
+    def strings(arrow) -> pd.Series:
+        return pd.Series(pd.array(arrow, dtype=pd.StringDtype("pyarrow", na_value=np.nan)))  # pandas "str"
+
+    def constant(value, dtype=None) -> np.ndarray:
+        return np.full(n, value, dtype)
+
+    frame = pd.DataFrame({
+        "chip_id": strings(chip_id), "source_path": strings(source_path), "scene_id": strings(scene_id),
+        "row_off": row_off, "col_off": col_off, "height": constant(chip, np.int64), "width": constant(chip, np.int64),
+        "band_count": constant(4, np.int64), "bands": strings(pa.repeat("blue,green,red,nir", n)),
+        "bit_depth": constant(11, np.int64), "nodata": constant(0.0), "crs": strings(pa.repeat("EPSG:3413", n)),
+        "center_x": (col_off + chip / 2).astype(np.float64), "center_y": -(row_off + chip / 2).astype(np.float64),
+        "lat": constant(70.0), "lon": constant(-150.0), "sensor": strings(pa.repeat("WV03", n)),
+        "acquired": strings(pa.repeat("2020-07-01T21:00:00Z", n)), "sun_elevation": constant(40.0),
+        "off_nadir": constant(10.0), "cloud_cover": constant(0.0), "gsd_m": constant(0.5),
+        "metadata_issues": strings(pa.repeat("", n)), "valid_fraction": constant(1.0),
+        "content_hash": strings(pc.utf8_lpad(text(i), 10, "0")),
+        "reject_reason": strings(pa.nulls(n, pa.large_string())),
+    })
+    return frame
+
+
+class ProcessTreeSampler:
+    """Samples the RSS of this process and of all its descendants (Dask nanny + worker processes) every ``period``."""
+
+    def __init__(self, period: float = 0.2):
+        import threading
+
+        import psutil
+
+        self.me = psutil.Process()
+        self.period = period
+        self.client_peak = 0
+        self.workers_peak = 0  # sum over the descendant processes at one sample
+        self.worker_peak = 0  # the largest single descendant
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.period)
+
+    def sample(self) -> None:
+        import psutil
+
+        self.client_peak = max(self.client_peak, self.me.memory_info().rss)
+        rss = []
+        for child in self.me.children(recursive=True):
+            try:
+                rss.append(child.memory_info().rss)
+            except psutil.Error:  # a process that ended between listing and reading
+                continue
+        if rss:
+            self.workers_peak = max(self.workers_peak, sum(rss))
+            self.worker_peak = max(self.worker_peak, max(rss))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+def measure_e2e(n: int, source: str, out_dir: Path) -> dict:
+    """One size, in this process: LocalCluster (the config's dask section) -> ``pipeline.curate_candidates`` on n
+    rows -> seconds, peak RSS of the client and of the worker processes, manifest checks."""
+    import pyarrow.parquet as pq
+
+    from training.config import load_config
+    from training.curate.pipeline import MANIFEST_NAME, curate_candidates, dask_client
+
+    budget = int(n * E2E_BUDGET_SHARE)
+    cfg = load_config(REPO / "training" / "configs" / "curate.yaml",
+                      overrides=[f"out={out_dir}", f"select.budget={budget}", "progress=false", "report.figures=false"])
+    with ProcessTreeSampler() as sampler, dask_client(cfg["dask"]) as client:
+        time.sleep(1.0)
+        sampler.sample()
+        client_base = sampler.me.memory_info().rss  # imports + Dask client, before any data
+        t0 = time.perf_counter()
+        raw = e2e_raw_descriptors(n, source)
+        manifest = e2e_manifest(n)
+        t_data = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        path = curate_candidates(manifest, raw, cfg, Path(out_dir), client)
+        seconds = time.perf_counter() - t0
+        n_workers = len(client.scheduler_info()["workers"])
+    del manifest, raw
+    meta = pq.ParquetFile(path).metadata
+    table = pq.read_table(path, columns=["selected", "reject_reason", "cluster"])
+    summary = json.loads((Path(out_dir) / "report" / "summary.json").read_text())
+    rows, selected = meta.num_rows, int(table["selected"].to_numpy().sum())
+    info = dict(
+        n=n, source="maple_resampled" if source != "generator" else "generator", seconds=seconds,
+        data_seconds=t_data, budget=budget, n_workers=n_workers, threads_per_worker=cfg["dask"]["threads_per_worker"],
+        client_base_gb=client_base / 1e9, client_peak_gb=sampler.client_peak / 1e9,
+        client_growth_bytes_per_row=(sampler.client_peak - client_base) / n,
+        workers_peak_gb=sampler.workers_peak / 1e9, worker_peak_gb=sampler.worker_peak / 1e9,
+        manifest_rows=rows, manifest_row_groups=meta.num_row_groups, selected=selected,
+        rejected=summary["rejected"], clusters=summary["clusters"], cluster_levels=[
+            {k: v for k, v in lv.items() if k in ("level", "items", "exemplars", "seconds")}
+            for lv in summary["cluster"]["levels"]],
+        timings_s=summary["timings_s"], manifest=MANIFEST_NAME,
+    )
+    info["checks"] = {"manifest_has_every_row": rows == n,
+                      "budget_selected": selected == min(budget, n - info["rejected"])}
+    return info
+
+
+def end_to_end(sizes: tuple[int, ...], tmp: Path) -> dict:
+    """Each size in its own subprocess (its own peak RSS); MAPLE raw descriptors once in this process when present."""
+    if MAPLE_DIR.is_dir():
+        source = str(tmp / "maple_raw.npy")
+        np.save(source, maple_raw_descriptors())
+        regime = f"resampled real MAPLE descriptors ({MAPLE_DIR}) + N(0, ({E2E_JITTER} x column std)^2) jitter"
+    else:
+        source = "generator"
+        regime = "generator: 300 Zipf-sized anisotropic Gaussian clusters (80 %) + uniform background (20 %), 52-d"
+    print(json.dumps({"end_to_end_regime": regime, "sizes": list(sizes)}), flush=True)
+    runs = []
+    for n in sizes:
+        out = tmp / f"e2e_{n}"
+        command = [sys.executable, __file__, "--e2e", str(n), source, str(out)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if done.returncode != 0:
+            raise RuntimeError(f"end-to-end n={n} failed:\n{done.stderr[-3000:]}")
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps({k: v for k, v in runs[-1].items() if k != "cluster_levels"}), flush=True)
+        shutil.rmtree(out, ignore_errors=True)
+    small, large = runs[0], runs[-1]
+    result = dict(regime=regime, runs=runs,
+                  client_peak_ratio=large["client_peak_gb"] / small["client_peak_gb"],
+                  worker_peak_ratio=large["worker_peak_gb"] / small["worker_peak_gb"],
+                  size_ratio=large["n"] / small["n"],
+                  client_marginal_bytes_per_row=(large["client_peak_gb"] - small["client_peak_gb"]) * 1e9
+                  / max(large["n"] - small["n"], 1),
+                  targets=dict(worker_peak_ratio=E2E_WORKER_PEAK_RATIO_TARGET,
+                               client_bytes_per_row=E2E_CLIENT_BYTES_PER_ROW_TARGET))
+    result["checks"] = {
+        "worker_peak_bounded": result["worker_peak_ratio"] <= E2E_WORKER_PEAK_RATIO_TARGET,
+        "client_bytes_per_row": result["client_marginal_bytes_per_row"] <= E2E_CLIENT_BYTES_PER_ROW_TARGET,
+        **{f"n={r['n']}: {k}": v for r in runs for k, v in r["checks"].items()},
+    }
+    return result
+
+
 # --- main ---------------------------------------------------------------------------------------------------------
 
 def failed_checks(report: dict) -> list[str]:
@@ -340,7 +562,7 @@ def failed_checks(report: dict) -> list[str]:
     failed = []
     for row in report.get("compare", []):
         failed += [f"{row['case']} n={row['n']}: {name}" for name, ok in row["checks"].items() if ok is False]
-    for section in ("selection", "descriptors"):
+    for section in ("selection", "descriptors", "end_to_end"):
         failed += [f"{section}: {name}" for name, ok in report.get(section, {}).get("checks", {}).items()
                    if ok is False]
     return failed
@@ -365,8 +587,17 @@ def main() -> None:
     parser.add_argument("--readme-from", default=None, metavar="JSON",
                         help="only regenerate the README table (and benchmark.json) from this benchmark JSON")
     parser.add_argument("--cases", default=None, help="comma-separated subset of " + ",".join(CASES))
+    parser.add_argument("--sections", default="compare,selection,descriptors,end_to_end",
+                        help="comma-separated subset of compare,selection,descriptors,end_to_end")
+    parser.add_argument("--e2e-sizes", default=None, help="comma-separated row counts for end_to_end (default "
+                        f"{','.join(map(str, E2E_SIZES))}; --quick {','.join(map(str, E2E_QUICK_SIZES))})")
     parser.add_argument("--measure", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--e2e", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.e2e:
+        n, source, out = args.e2e
+        print(json.dumps(measure_e2e(int(n), source, Path(out))))
+        return
     if args.measure:
         method, case, n, pref, k, out = args.measure
         print(json.dumps(measure(method, case, int(n), float(pref), int(k) or None, Path(out))))
@@ -384,18 +615,33 @@ def main() -> None:
     regime = dict(mode="quick" if args.quick else "full", sizes=sizes, cases=cases, skipped=skipped, dim=DIM,
                   maple_dir=str(MAPLE_DIR), sklearn=SKLEARN_AP, cpu_count=os.cpu_count(),
                   targets=dict(quality_vs_sklearn=QUALITY_TARGET, beats_kmeans=True, read_ratio=READ_RATIO_TARGET))
+    sections = args.sections.split(",")
+    e2e_sizes = tuple(int(v) for v in args.e2e_sizes.split(",")) if args.e2e_sizes else (
+        E2E_QUICK_SIZES if args.quick else E2E_SIZES)
+    regime["sections"] = sections
+    regime["end_to_end_sizes"] = list(e2e_sizes)
+    regime["load_average_start"] = os.getloadavg()
     print(json.dumps({"data_regime": regime}), flush=True)
     report: dict = dict(data_regime=regime, compare=[])
     with tempfile.TemporaryDirectory() as tmp:
-        for n in sizes:
-            for case in cases:
-                row = compare_case(case, n, Path(tmp))
-                report["compare"].append(row)
-                print(json.dumps({"case": case, "n": n, "checks": row["checks"]}), flush=True)
-    report["selection"] = selection_quality()
-    print(json.dumps({"selection": report["selection"]}), flush=True)
-    report["descriptors"] = descriptor_read_ratio(*((2, 1024) if args.quick else (8, 2048)))
-    print(json.dumps({"descriptors": {k: v for k, v in report["descriptors"].items() if k != "rates"}}), flush=True)
+        if "compare" in sections:
+            for n in sizes:
+                for case in cases:
+                    row = compare_case(case, n, Path(tmp))
+                    report["compare"].append(row)
+                    print(json.dumps({"case": case, "n": n, "checks": row["checks"]}), flush=True)
+        if "selection" in sections:
+            report["selection"] = selection_quality()
+            print(json.dumps({"selection": report["selection"]}), flush=True)
+        if "descriptors" in sections:
+            report["descriptors"] = descriptor_read_ratio(*((2, 1024) if args.quick else (8, 2048)))
+            print(json.dumps({"descriptors": {k: v for k, v in report["descriptors"].items() if k != "rates"}}),
+                  flush=True)
+        if "end_to_end" in sections:
+            report["end_to_end"] = end_to_end(e2e_sizes, Path(tmp))
+            print(json.dumps({"end_to_end": {k: v for k, v in report["end_to_end"].items() if k != "runs"}}),
+                  flush=True)
+    regime["load_average_end"] = os.getloadavg()
     report["failed"] = failed_checks(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))

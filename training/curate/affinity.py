@@ -26,6 +26,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 SIMILARITY_SAMPLE = 200_000
+POLISH_MAX_GROUP_FACTOR = 4  # polish skips a group of more than 4 x polish_group points (memory bound per task)
 SIMILARITY_BLOCK = 4_194_304  # elements (16 MB float32) of one (rows x exemplars) similarity block in the searches
 
 
@@ -778,7 +779,8 @@ def polish_exemplars(
 ) -> tuple[np.ndarray, bool]:
     """One round of large-neighbourhood search: re-solve groups of neighbouring clusters by exact AP.
 
-    The clusters are cut into groups of about ``group_size`` points (``coherent_order`` of their exemplars); each
+    The clusters are cut into groups of about ``group_size`` points (``coherent_order`` of their exemplars; a group
+    of more than ``POLISH_MAX_GROUP_FACTOR x group_size`` points, around a giant cluster, is skipped); each
     group's points are re-clustered by exact AP with the ``n_fixed`` nearest outside exemplars open for free, and
     the group's exemplars are replaced where that lowers the group's cost. The round is kept only if the net
     similarity of all points rises (groups are solved independently, in parallel on Dask) -> (exemplars, kept).
@@ -795,6 +797,8 @@ def polish_exemplars(
     jobs, meta = [], []
     for g in range(len(bounds) - 1):
         ks = np.sort(order[bounds[g] : bounds[g + 1]])
+        if starts[ks + 1].sum() - starts[ks].sum() > POLISH_MAX_GROUP_FACTOR * group_size:
+            continue  # a group around a giant cluster: left as it is (exact AP on it would need O(points²) memory)
         pts = np.sort(np.concatenate([member_order[starts[k] : starts[k + 1]] for k in ks]))
         inside = np.zeros(K, bool)
         inside[ks] = True

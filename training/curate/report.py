@@ -230,6 +230,31 @@ def benchmark_table(report: dict) -> str:
                       f"{desc['chips']} chips, alternating arms): {desc['ours_chips_per_s']:.0f} chips/s vs bare "
                       f"windowed reads {desc['bare_chips_per_s']:.0f} chips/s = **{desc['descriptor_read_ratio']:.2f}**"
                       " (target ≥ 0.8)."]
+    e2e = report.get("end_to_end")
+    if e2e:
+        lines += [
+            "",
+            f"End to end (clustering + selection + manifest, `pipeline.curate_candidates` on a Dask LocalCluster; "
+            f"data: {e2e['regime']}; budget 10 %):",
+            "",
+            "| rows | seconds | clusters | client peak RSS GB (before data) | worker peak RSS GB (all workers) "
+            "| manifest row groups |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in e2e["runs"]:
+            lines.append(f"| {r['n']:,} | {r['seconds']:.0f} | {r['clusters']:,} | {r['client_peak_gb']:.2f} "
+                         f"({r['client_base_gb']:.2f}) | {r['worker_peak_gb']:.2f} ({r['workers_peak_gb']:.2f}) | "
+                         f"{r['manifest_row_groups']} |")
+        t = e2e["targets"]
+        lines += ["", f"Client peak grows {e2e['client_marginal_bytes_per_row']:.0f} bytes per extra row (target ≤ "
+                      f"{t['client_bytes_per_row']}: descriptor arrays and the columnar manifest, no per-row Python "
+                      f"objects); largest worker process peak ratio {e2e['worker_peak_ratio']:.2f} for "
+                      f"{e2e['size_ratio']:.0f}× the rows (target ≤ {t['worker_peak_ratio']}: bounded by the task "
+                      "sizes, not by n)."]
+    load = (regime.get("load_average_start"), regime.get("load_average_end"))
+    if all(load):
+        lines += ["", f"Machine load (1/5/15-min averages) at the start {', '.join(f'{v:.1f}' for v in load[0])}, "
+                      f"at the end {', '.join(f'{v:.1f}' for v in load[1])}."]
     failed = report.get("failed") or []
     lines += ["", "Targets missed: " + ("; ".join(failed) if failed else "none") + "."]
     return "\n".join(lines)
