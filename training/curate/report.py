@@ -231,7 +231,9 @@ def benchmark_table(report: dict) -> str:
                       f"windowed reads {desc['bare_chips_per_s']:.0f} chips/s = **{desc['descriptor_read_ratio']:.2f}**"
                       " (target ≥ 0.8)."]
     e2e = report.get("end_to_end")
-    if e2e:
+    if e2e and "error" in e2e:
+        lines += ["", f"End to end: **failed** ({e2e['error'].splitlines()[0]})."]
+    elif e2e:
         lines += [
             "",
             f"End to end (clustering + selection + manifest, `pipeline.curate_candidates` on a Dask LocalCluster; "
