@@ -214,3 +214,30 @@ def test_non_finite_rows_are_an_error():
     x[7, 1] = np.nan
     with pytest.raises(ValueError, match="row 7"):
         hierarchical_ap(x)
+
+
+def test_polish_skips_a_group_around_a_giant_cluster(monkeypatch):
+    """A polish group of more than POLISH_MAX_GROUP_FACTOR x polish_group points is not solved (its exact AP would
+    need O(points²) memory); the other groups are, and the objective still only rises."""
+    from training.curate import affinity
+
+    rng = np.random.default_rng(0)
+    giant = rng.standard_normal((400, 4)).astype(np.float32) * 0.1  # one cluster of 400 points
+    small = (rng.integers(0, 20, 200)[:, None] * 3.0 + 10 + rng.standard_normal((200, 4))).astype(np.float32)
+    x = np.concatenate([giant, small])
+    exemplars = np.array([0, *range(400, 600, 10)])
+    sizes = []
+    solve = affinity._polish_group
+
+    def recording(points, *rest):
+        sizes.append(len(points))
+        return solve(points, *rest)
+
+    monkeypatch.setattr(affinity, "_polish_group", recording)
+    pref = -5.0
+    before = net_similarity(x, exemplars[affinity.nearest_exemplar(x, exemplars)], pref)
+    new, _ = affinity.polish_exemplars(x, exemplars, pref, group_size=32, n_fixed=4, ap_kwargs=dict(damping=0.9),
+                                       seed=0)
+    assert sizes and max(sizes) <= affinity.POLISH_MAX_GROUP_FACTOR * 32
+    assert sum(sizes) <= len(x) - len(giant), "the giant cluster's group was skipped"
+    assert net_similarity(x, new[affinity.nearest_exemplar(x, new)], pref) >= before
