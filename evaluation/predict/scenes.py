@@ -22,8 +22,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from arctic_vit.bands import CANONICAL_BANDS
-from training.curate.metadata import _sidecar as vendor_sidecar  # the scene's own or its tiled product's
-from training.curate.metadata import read_acquisition
+from training.curate.metadata import read_acquisition, vendor_sidecar  # sidecar: the scene's own or its tiled product's
 
 SCENE_SUFFIXES = (".tif", ".tiff")
 BAND_ALIASES = {

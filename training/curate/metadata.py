@@ -1,4 +1,5 @@
-"""Acquisition metadata: Maxar/Vantor-style ``.IMD`` and ``.XML`` sidecars, and catalog tables (CSV/Parquet).
+"""Acquisition metadata: Maxar/Vantor-style ``.IMD`` and ``.XML`` sidecars, and catalog tables (CSV/Parquet); the
+``.IMD``'s per-band radiometric calibration (``parse_imd_calibration``, for ``evaluation.toa``).
 
 Every field may be missing; what is missing or unparsable is recorded in ``issues`` (never a crash, never silent).
 Precedence: ``.IMD`` > ``.XML`` > catalog row (the catalog fills only the fields the sidecars lack).
@@ -115,6 +116,96 @@ def parse_imd(path: Path) -> dict[str, str]:
     return found
 
 
+# Maxar/Vantor ``.IMD`` band groups -> canonical band names. The names are owned by ``arctic_vit.bands.CANONICAL_BANDS``
+# (written out here because ``arctic_vit`` imports torch and every Dask worker imports this module; a test keeps them
+# canonical). NIR1 is ``BAND_N``; the panchromatic ``BAND_P`` is not a multispectral band and is kept apart.
+MAXAR_BAND_GROUPS: dict[str, str] = {
+    "BAND_C": "coastal", "BAND_B": "blue", "BAND_G": "green", "BAND_Y": "yellow",
+    "BAND_R": "red", "BAND_RE": "rededge", "BAND_N": "nir", "BAND_N2": "nir2",
+}
+PAN_GROUP = "BAND_P"
+
+
+@dataclass(frozen=True)
+class BandCalibration:
+    """One band's absolute calibration from the ``.IMD``: radiance L = DN * abs_cal_factor / effective_bandwidth."""
+
+    abs_cal_factor: float  # band-integrated radiance per DN, W m-2 sr-1 count-1
+    effective_bandwidth: float  # um
+
+
+@dataclass
+class ImdCalibration:
+    """Radiometric calibration of one ``.IMD``: per canonical band, plus what TOA reflectance needs (time, sun).
+
+    A band group without a valid ``absCalFactor``/``effectiveBandwidth`` is absent from ``bands`` and named in
+    ``issues``; nothing is guessed.
+    """
+
+    path: Path
+    sensor: str | None = None
+    acquired: str | None = None  # ISO 8601 UTC: ``firstLineTime``, else ``earliestAcqTime``
+    sun_elevation: float = math.nan  # degrees, ``meanSunEl``
+    bands: dict[str, BandCalibration] = field(default_factory=dict)  # canonical band name -> calibration
+    pan: BandCalibration | None = None
+    issues: list[str] = field(default_factory=list)
+
+
+def parse_imd_calibration(path: Path) -> ImdCalibration:
+    """``.IMD`` -> per-band ``absCalFactor``/``effectiveBandwidth`` (band groups ``BEGIN_GROUP = BAND_*``), the sensor,
+    acquisition time and mean sun elevation. Missing or garbled values are recorded in ``issues``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IMD not found: {path}")
+    cal = ImdCalibration(path=path)
+    groups: list[str] = []
+    raw_bands: dict[str, dict[str, str]] = {}
+    scene: dict[str, str] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        match = _IMD_LINE.match(line)
+        if not match:
+            continue
+        key, value = match.group(1).lower(), match.group(2).strip().strip('"')
+        if key == "begin_group":
+            groups.append(value.upper())
+        elif key == "end_group":
+            if groups:
+                groups.pop()
+        elif groups and groups[-1].startswith("BAND_"):
+            if key in ("abscalfactor", "effectivebandwidth"):
+                raw_bands.setdefault(groups[-1], {}).setdefault(key, value)
+            else:
+                raw_bands.setdefault(groups[-1], {})
+        elif key in ("satid", "firstlinetime", "earliestacqtime", "meansunel"):
+            scene.setdefault(key, value)
+    for name, raw in (("sensor", scene.get("satid")), ("sun_elevation", scene.get("meansunel")),
+                      ("acquired", scene.get("firstlinetime") or scene.get("earliestacqtime"))):
+        if raw is None:
+            cal.issues.append(f"missing:{name}")
+            continue
+        try:
+            setattr(cal, name, _parse_field(name, raw))
+        except (TypeError, ValueError):
+            cal.issues.append(f"imd_unparsable:{name}")
+    for group, raw in raw_bands.items():
+        band = MAXAR_BAND_GROUPS.get(group, "pan" if group == PAN_GROUP else None)
+        if band is None:
+            cal.issues.append(f"imd_unmapped_band:{group}")
+            continue
+        try:
+            factor, width = float(raw["abscalfactor"]), float(raw["effectivebandwidth"])
+            if not (math.isfinite(factor) and math.isfinite(width) and factor > 0 and width > 0):
+                raise ValueError(raw)
+        except (KeyError, ValueError):
+            cal.issues.append(f"imd_uncalibrated:{band}")
+            continue
+        if group == PAN_GROUP:
+            cal.pan = BandCalibration(factor, width)
+        else:
+            cal.bands[band] = BandCalibration(factor, width)
+    return cal
+
+
 def parse_xml(path: Path) -> dict[str, str]:
     """Maxar ``.XML`` (``isd/IMD/IMAGE/*``) -> {our field: raw text}."""
     root = ET.parse(path).getroot()
@@ -126,7 +217,7 @@ def parse_xml(path: Path) -> dict[str, str]:
     return found
 
 
-def _sidecar(path: Path, suffixes: tuple[str, ...]) -> Path | None:
+def vendor_sidecar(path: Path, suffixes: tuple[str, ...]) -> Path | None:
     """The scene's own sidecar, else (a tile ``<product>_R<r>C<c>``) the product's shared one."""
     stems = [path.stem]
     tile = _TILE_SUFFIX.match(path.stem)
@@ -158,7 +249,7 @@ def _catalog_values(row: dict[str, object]) -> dict[str, object]:
 def read_acquisition(path: Path, catalog_row: dict[str, object] | None = None) -> AcquisitionMeta:
     """Metadata of the scene at ``path`` from its sidecars and an optional catalog row."""
     meta = AcquisitionMeta()
-    imd = _sidecar(path, (".IMD", ".imd"))
+    imd = vendor_sidecar(path, (".IMD", ".imd"))
     if imd is not None:
         try:
             values = parse_imd(imd)
@@ -167,7 +258,7 @@ def read_acquisition(path: Path, catalog_row: dict[str, object] | None = None) -
             meta.fill_from(values, "imd")
         except (OSError, UnicodeError) as err:
             meta.issues.append(f"imd_unreadable:{type(err).__name__}")
-    xml = _sidecar(path, (".XML", ".xml"))
+    xml = vendor_sidecar(path, (".XML", ".xml"))
     if xml is not None:
         try:
             meta.fill_from(parse_xml(xml), "xml")
