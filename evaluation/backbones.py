@@ -20,8 +20,9 @@ Normalisation (``normalization=``): ``"zscore"`` (the headline protocol of ``eva
 statistics of the training split (``dataset_stats``), the same transform for every backbone; ``"native"``
 (secondary): each model's own pretraining statistics applied to DN / (2**bit_depth - 1). Random init has no
 pretraining statistics, so it always uses the training-split z-score. ``Backbone.normalization`` says what was used.
-Prithvi expects HLS reflectance: DN / (2**bit_depth - 1) stands in for reflectance in [0, 1] unless the card gives
-``options.reflectance_per_dn`` (e.g. from the vendor's radiometric calibration).
+Prithvi expects HLS reflectance: with ``options.toa_from: imd`` the card's scene ``.IMD`` gives per-band
+top-of-atmosphere reflectance (``evaluation.toa``); else ``options.reflectance_per_dn`` is one scalar for every band;
+else DN / (2**bit_depth - 1) stands in for reflectance in [0, 1].
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from torch import nn
 import arctic_vit  # noqa: F401  (registers the arctic_mae_vit_* models with timm)
 from arctic_vit.transforms import MultispectralNormalize
 from evaluation.datasets.card import DatasetCard
+from evaluation.toa import ToaCoefficients, card_toa, reflectance_normalize
 
 SIZES = ("tiny", "small", "base", "large")
 ZSCORE = "train-split z-score"
@@ -139,9 +141,10 @@ def build_backbone(
         return _with_normalization(name, encoder, indices, card, normalization, dataset_stats, weights)
     encoder = _prithvi(card, img_size, weights, arch, prithvi_num_heads)
     indices = band_indices(card, encoder.pretrained_cfg["bands"], name)
+    toa = card_toa(card, encoder.pretrained_cfg["bands"]) if normalization == "native" else None
     reflectance_per_dn = card.options.get("reflectance_per_dn")
     max_value = 1.0 / float(reflectance_per_dn) if reflectance_per_dn else None
-    return _with_normalization(name, encoder, indices, card, normalization, dataset_stats, weights, max_value)
+    return _with_normalization(name, encoder, indices, card, normalization, dataset_stats, weights, max_value, toa)
 
 
 def _create(model: str, weights: str, **kwargs) -> VisionTransformer:
@@ -226,7 +229,7 @@ def _arctic_weight_bands(model: str, weights: str) -> tuple[str, ...]:
 
 def _with_normalization(
     name: str, encoder: VisionTransformer, indices: tuple[int, ...], card: DatasetCard, normalization: str,
-    dataset_stats: dict | None, weights: str, max_value: float | None = None,
+    dataset_stats: dict | None, weights: str, max_value: float | None = None, toa: ToaCoefficients | None = None,
 ) -> Backbone:
     bands = tuple(card.bands[i] for i in indices)
     max_value = float(card.max_value) if max_value is None else max_value
@@ -235,6 +238,11 @@ def _with_normalization(
         return Backbone(name, encoder, indices, bands, zscore(dataset_stats, indices, float(card.max_value)),
                         ZSCORE, weights_note)
     cfg = encoder.pretrained_cfg
+    if toa is not None:  # per-band DN -> TOA reflectance from the vendor calibration, then the model's statistics
+        normalize = reflectance_normalize(toa, cfg["mean"], cfg["std"], max_value)
+        per_band = ", ".join(f"{b}: DN*{s:.4e}{o:+.4e}" for b, s, o in zip(toa.bands, toa.scale, toa.offset))
+        return Backbone(name, encoder, indices, bands, normalize, f"model-native: pretraining mean/std of "
+                        f"{toa.describe()}", weights_note, (f"reflectance per band: {per_band}",))
     normalize = MultispectralNormalize(cfg["mean"], cfg["std"], max_value=max_value)
     note = f"model-native: pretraining mean/std of DN / {max_value:g}"
     return Backbone(name, encoder, indices, bands, normalize, note, weights_note)
