@@ -7,7 +7,13 @@ import math
 import pandas as pd
 import pytest
 
-from training.curate.metadata import catalog_row_for, load_catalog, read_acquisition
+from training.curate.metadata import (
+    MAXAR_BAND_GROUPS,
+    catalog_row_for,
+    load_catalog,
+    parse_imd_calibration,
+    read_acquisition,
+)
 from training.synthetic import generate_archive
 
 
@@ -90,3 +96,29 @@ def test_maxar_tiled_delivery_shares_one_imd(tmp_path):
     own = tmp_path / f"{product}_R1C1.IMD"  # a tile's own sidecar wins over the product's
     own.write_text('satId = "GE01";\n')
     assert read_acquisition(tmp_path / f"{product}_R1C1.TIF").sensor == "GE01"
+
+
+def test_imd_band_groups_map_to_canonical_names():
+    from arctic_vit.bands import CANONICAL_BANDS  # metadata.py spells them out (no torch on Dask workers)
+
+    assert sorted(MAXAR_BAND_GROUPS.values()) == sorted(CANONICAL_BANDS)
+
+
+def test_imd_calibration_records_what_it_cannot_use(tmp_path):
+    imd = tmp_path / "x.IMD"
+    imd.write_text(
+        "BEGIN_GROUP = BAND_P\n absCalFactor = 5.678345e-02;\n effectiveBandwidth = 2.846000e-01;\nEND_GROUP = BAND_P\n"
+        "BEGIN_GROUP = BAND_B\n absCalFactor = 1.26e-02;\nEND_GROUP = BAND_B\n"  # no effectiveBandwidth
+        "BEGIN_GROUP = BAND_G\n absCalFactor = -1;\n effectiveBandwidth = 0.063;\nEND_GROUP = BAND_G\n"
+        "BEGIN_GROUP = BAND_R\n absCalFactor = n/a;\n effectiveBandwidth = 0.0574;\nEND_GROUP = BAND_R\n"
+        "BEGIN_GROUP = BAND_N\n absCalFactor = 9.042234e-03;\n effectiveBandwidth = 9.890000e-02;\nEND_GROUP = BAND_N\n"
+        'BEGIN_GROUP = IMAGE_1\n satId = "QB02";\n meanSunEl = 12.5;\nEND_GROUP = IMAGE_1\n'
+    )
+    cal = parse_imd_calibration(imd)
+    assert cal.sensor == "QB02" and cal.sun_elevation == 12.5 and cal.acquired is None
+    assert list(cal.bands) == ["nir"] and cal.bands["nir"].effective_bandwidth == pytest.approx(0.0989)
+    assert cal.pan is not None and cal.pan.abs_cal_factor == pytest.approx(0.05678345)
+    assert set(cal.issues) == {"missing:acquired", "imd_uncalibrated:blue", "imd_uncalibrated:green",
+                               "imd_uncalibrated:red"}
+    with pytest.raises(FileNotFoundError, match=r"y\.IMD"):
+        parse_imd_calibration(tmp_path / "y.IMD")
