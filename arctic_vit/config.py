@@ -125,11 +125,15 @@ def _describe(schema: type[BaseModel], error: Any) -> str:
         close = difflib.get_close_matches(loc[-1], known, n=1)
         hint = f"; did you mean {'.'.join([*loc[:-1], close[0]])!r}?" if close else f"; known keys: {sorted(known)}"
         return f"{dotted}: unknown key{hint}"
-    message = error["msg"][0].lower() + error["msg"][1:]
-    message = message.replace("input should be greater than", "must be >").replace(
-        "input should be less than", "must be <")
+    message = error["msg"].removeprefix("Value error, ")  # a schema validator's own message, kept as written
+    message = message[0].lower() + message[1:]
+    for words, sign in (("greater than or equal to", ">="), ("less than or equal to", "<="), ("greater than", ">"),
+                        ("less than", "<")):
+        message = message.replace(f"input should be {words}", f"must be {sign}")
     if error["type"] == "missing":
         return f"{dotted}: required"
+    if error["type"] == "value_error" and ", got " in message:  # the validator already quoted the value
+        return f"{dotted}: {message}"
     return f"{dotted}: {message}, got {error.get('input')!r}"
 
 

@@ -124,4 +124,21 @@ def test_curate_show_config_validates_and_prints(capsys, tmp_path):
     assert yaml.safe_load(capsys.readouterr().out)["select"]["budget"] == 7
     with pytest.raises(SystemExit) as done:
         main(["--show-config", f"input.path={tmp_path}", f"out={tmp_path / 'out'}", "select.budgt=7"])
-    assert done.value.code == 2 and "select.budgt: unknown config key" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "select.budgt: unknown key; did you mean 'select.budget'?" in err
+
+
+def test_curate_yaml_equals_the_schema_and_validation_fills_defaults():
+    """curate.yaml (the CLI's default, with comments) is pinned to CurateConfig: the schema owns the defaults."""
+    from training.curate.validate import validate_config as validate_curation
+    from training.schemas import CurateConfig
+
+    assert load_config("training/configs/curate.yaml") == CurateConfig().model_dump()
+    cfg = validate_curation({"input": {"path": "x"}, "select": {"budget": 5}, "cluster": {"ap": {"damping": 0.9}}})
+    expected = CurateConfig().model_dump()
+    expected["input"]["path"], expected["select"]["budget"], expected["cluster"]["ap"]["damping"] = "x", 5, 0.9
+    assert cfg == expected
+    assert validate_curation(cfg) == cfg  # the validated dict validates to itself (what the pipeline reads)
+    from training.curate.select import WITHIN
+
+    assert CurateConfig.model_fields["select"].annotation.model_fields["within"].annotation.__args__ == WITHIN

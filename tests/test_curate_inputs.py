@@ -96,7 +96,7 @@ def test_dask_workers_do_not_import_torch():
 
 
 @pytest.mark.parametrize(("override", "key"), [
-    ("select.withn=random", "select.withn: unknown config key (did you mean select.within?)"),
+    ("select.withn=random", "select.withn: unknown key; did you mean 'select.within'?"),
     ("select.within=closet", "select.within"),
     ("select.budget=-1", "select.budget"),
     ("select.bands=red,grene", "select.bands"),
@@ -106,10 +106,16 @@ def test_dask_workers_do_not_import_torch():
     ("input.scale=0", "input.scale"),
     ("tiling.min_valid_fraction=2", "tiling.min_valid_fraction"),
     ("dask.scheduler=slurm", "dask.scheduler"),
+    ("input.band_names={4: 'blue,green,red'}", "input.band_names.4: 3 names for 4 bands"),
+    ("tiling.max_read_px=32", "tiling.max_read_px: must be >= tiling.chip_size (64)"),
+    ("cluster.ap.preference=target_k", "cluster.ap.target_k"),
+    ("select.dedup=1", "select.dedup"),
+    ("input.bit_depth=33", "input.bit_depth"),
 ])
 def test_config_errors_name_the_key(override, key):
-    with pytest.raises(ConfigError, match=re.escape(key)):
+    with pytest.raises(ConfigError, match=re.escape(key)) as error:
         validate_config(_cfg(override))
+    assert "\n" not in str(error.value) and str(error.value).startswith(key.split(":")[0])
 
 
 def test_bad_select_key_fails_before_any_tiling(tmp_path):

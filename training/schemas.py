@@ -6,9 +6,11 @@ YAML files under ``training/configs/`` hold only settings that differ from these
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import math
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, StrictBool
 
 from arctic_vit.config import ConfigModel
 
@@ -112,3 +114,146 @@ class PretrainConfig(ConfigModel):
     model: PretrainModel = Field(default_factory=PretrainModel, description="MAE encoder and decoder")
     optim: PretrainOptim = Field(default_factory=PretrainOptim, description="AdamW + warmup-cosine schedule")
     run: PretrainRun = Field(default_factory=PretrainRun, description="devices, checkpoints, logging")
+
+
+# --- curation (python -m training.curate). Validated on the client; the Dask workers get the validated config as a
+# plain dict (``model_dump``): unpickling a model there would import this module, arctic_vit and torch.
+
+def _band_list(value: str) -> str:
+    from arctic_vit.bands import validate_bands
+
+    return ",".join(validate_bands(value))
+
+
+def _dask_scheduler(value: str) -> str:
+    if value in ("local", "synchronous", "sync", "none") or "://" in value:
+        return value
+    raise ValueError(f"must be 'local', 'synchronous' or an address tcp://host:8786, got {value!r}")
+
+
+def _auto_or(kind: str, check: Callable[[Any], bool]) -> Callable[[Any], Any]:
+    """A validator accepting 'auto', null, or a number passing ``check`` (one message, not one per union member)."""
+    def validate(value: Any) -> Any:
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not check(value):
+            raise ValueError(f"must be 'auto' or {kind}, got {value!r}")
+        return value
+    return validate
+
+
+def _preference(value: Any) -> Any:
+    if value in ("median", "quantile", "target_k"):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value < 0):
+        raise ValueError("must be 'median', 'quantile', 'target_k' or a finite negative number (similarities are "
+                         f"-distance²), got {value!r}")
+    return float(value)
+
+
+BandList = Annotated[str, AfterValidator(_band_list)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+class CurateInput(ConfigModel):
+    path: str | list[str] | None = Field(None, description="a folder (searched recursively), a file, or a list")
+    patterns: list[str] = Field(["*.tif", "*.tiff", "*.jpg", "*.jpeg", "*.png"], description="file globs")
+    exclude: list[str] = Field(["*.labels.tif", "*.msk.tif", "*_mask.tif"], description="globs skipped")
+    catalog: str | None = Field(None, description="CSV/Parquet with a path/scene/scene_id column and acquisition")
+    band_counts: list[PositiveInt] = Field([3, 4, 8], description="other counts: a recorded source-level reject")
+    band_names: dict[PositiveInt, BandList] = Field(
+        {3: "red,green,blue", 4: "blue,green,red,nir", 8: "coastal,blue,green,yellow,red,rededge,nir,nir2"},
+        description="band count -> canonical names, when the file's band descriptions are not canonical")
+    chip_bands: BandList = Field("nir,green,red", description="JPEG/PNG chip folders (MAPLE false colour)")
+    bit_depth: Annotated[Any, AfterValidator(_auto_or("1..32", lambda v: int(v) == v and 1 <= v <= 32))] = Field(
+        "auto", description="auto: 8 for uint8, the file's BIT_DEPTH/NBITS tag, else uint16_bit_depth")
+    uint16_bit_depth: Annotated[int, Field(ge=1, le=32)] = Field(11, description="uint16 files without a tag")
+    scale: Annotated[Any, AfterValidator(_auto_or("a positive number", lambda v: math.isfinite(v) and v > 0))] = Field(
+        "auto", description="descriptor pixel divisor: auto = 2**bit_depth - 1 for integer DNs, 1 for floats")
+    nodata: Annotated[Any, AfterValidator(_auto_or("null or a number", lambda v: True))] = Field(
+        "auto", description="auto: the file's nodata value (none for JPEG/PNG)")
+
+
+class CurateTiling(ConfigModel):
+    chip_size: Annotated[int, Field(ge=8)] = Field(256, description="chip side (pixels)")
+    stride: PositiveInt = Field(256, description="chip step (pixels)")
+    min_valid_fraction: UnitFloat = Field(0.9, description="share of pixels that are not nodata / NaN")
+    min_std: Annotated[float, Field(ge=0)] = Field(0.002, description="brightness std below this: low_information")
+    max_read_px: PositiveInt = Field(8192, description="widest strip read at once (columns); >= chip_size")
+    gdal_threads: PositiveInt = Field(1, description="GDAL_NUM_THREADS for strip reads")
+
+
+class DescriptorWeights(ConfigModel):
+    spectral: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of the spectral group")
+    texture: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of the texture group")
+    metadata: Annotated[float, Field(ge=0)] = Field(0.5, description="weight of the metadata group")
+
+
+class CurateDescriptors(ConfigModel):
+    sample_step: PositiveInt = Field(8, description="spectral statistics on every Nth pixel each way")
+    texture_step: PositiveInt = Field(4, description="texture on every Nth pixel")
+    batch_size: PositiveInt = Field(32, description="chips per descriptor batch")
+    weights: DescriptorWeights = Field(default_factory=DescriptorWeights, description="group weights")
+
+
+class CurateAP(ConfigModel):
+    preference: Annotated[Any, AfterValidator(_preference)] = Field(
+        "median", description="median | quantile | target_k | a negative number; one value for every level")
+    quantile: Annotated[float, Field(gt=0, lt=1)] = Field(0.5, description="similarity quantile (preference=quantile)")
+    target_k: PositiveInt | None = Field(None, description="cluster count sought (preference=target_k)")
+    partition_size: Annotated[int, Field(ge=2)] = Field(512, description="exact AP per partition")
+    max_partition_size: Annotated[int, Field(ge=2)] = Field(2048, description="partition doubling stops here")
+    min_reduction: Annotated[float, Field(gt=0, lt=1)] = Field(0.1, description="a level cutting less doubles")
+    damping: Annotated[float, Field(ge=0.5, lt=1)] = Field(0.6, description="AP message damping")
+    max_iter: PositiveInt = Field(200, description="AP iterations per partition")
+    convergence_iter: PositiveInt = Field(10, description="stable iterations that end AP")
+    split: bool = Field(True, description="re-run AP inside each final cluster; keep splits that raise similarity")
+    merge: bool = Field(True, description="drop exemplars whose cluster costs less than -preference to absorb")
+    polish_rounds: NonNegInt = Field(3, description="large-neighbourhood search rounds")
+    polish_group: PositiveInt = Field(512, description="points per polish group")
+    polish_fixed: PositiveInt = Field(64, description="nearest outside exemplars each group may use for free")
+    refine_iter: NonNegInt = Field(3, description="exemplar refinement iterations")
+    chunk_size: PositiveInt = Field(16384, description="points per Dask task")
+
+
+class CurateKMeans(ConfigModel):
+    levels: list[PositiveInt] | None = Field(None, description="cluster counts fine -> coarse; null: sqrt(n), sqrt")
+
+
+class CurateCluster(ConfigModel):
+    method: Literal["ap", "kmeans"] = Field("ap", description="hierarchical affinity propagation | k-means")
+    ap: CurateAP = Field(default_factory=CurateAP, description="affinity propagation")
+    kmeans: CurateKMeans = Field(default_factory=CurateKMeans, description="k-means")
+
+
+class CurateSelect(ConfigModel):
+    budget: NonNegInt = Field(1000, description="chips selected")
+    within: Literal["closest", "random", "farthest", "balanced"] = Field("closest", description="order in a cluster")
+    dedup: StrictBool = Field(True, description="exact duplicates (same pixels) rejected as 'duplicate'")
+    bands: BandList | None = Field(None, description="only chips with these bands are candidates; null: all agree")
+
+
+class CurateDask(ConfigModel):
+    scheduler: Annotated[str, AfterValidator(_dask_scheduler)] = Field(
+        "local", description="local (LocalCluster) | synchronous (no Dask) | tcp://host:8786")
+    n_workers: PositiveInt = Field(2, description="LocalCluster worker processes")
+    threads_per_worker: PositiveInt = Field(1, description="threads per worker")
+    memory_limit: str | PositiveInt = Field("2GiB", description="per worker (Dask syntax)")
+
+
+class CurateReport(ConfigModel):
+    figures: bool = Field(True, description="report figures")
+    mosaic_clusters: NonNegInt = Field(8, description="clusters shown as mosaics")
+
+
+class CurateConfig(ConfigModel):
+    input: CurateInput = Field(default_factory=CurateInput, description="sources")
+    out: str = Field("outputs/curate", description="output folder")
+    seed: NonNegInt = Field(0, description="seed of clustering and selection")
+    progress: bool = Field(True, description="progress bars")
+    tiling: CurateTiling = Field(default_factory=CurateTiling, description="chips")
+    descriptors: CurateDescriptors = Field(default_factory=CurateDescriptors, description="chip descriptors")
+    cluster: CurateCluster = Field(default_factory=CurateCluster, description="clustering")
+    select: CurateSelect = Field(default_factory=CurateSelect, description="selection")
+    dask: CurateDask = Field(default_factory=CurateDask, description="scheduler")
+    report: CurateReport = Field(default_factory=CurateReport, description="report.html")

@@ -10,6 +10,7 @@ import yaml
 
 from arctic_vit.config import add_config_arguments, config_from_args
 from training.curate.pipeline import run_curation
+from training.curate.validate import validate_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "curate.yaml"
 
@@ -20,22 +21,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scheduler", default=None,
                         help="Dask scheduler: 'local' (LocalCluster), 'synchronous', or an address tcp://host:8786")
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
     if args.scheduler:
-        cfg.setdefault("dask", {})["scheduler"] = args.scheduler
-    if args.show_config:  # the resolved config, validated as run_curation validates it, then exit
-        from training.curate.validate import validate_config
-
-        try:
-            validate_config(cfg)
-        except ValueError as err:
-            parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
+        args.overrides = [*args.overrides, f"dask.scheduler={args.scheduler}"]
+    try:  # the schema, then the checks between keys: every key before any work
+        cfg = validate_config(config_from_args(args), source=", ".join(map(str, args.config or [DEFAULT_CONFIG])))
+    except ValueError as err:
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
+    if args.show_config:  # the resolved, validated config, then exit
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         manifest = run_curation(cfg)
-    except (ValueError, FileNotFoundError) as err:  # config keys, inputs, band names, the corpus contract
+    except (ValueError, FileNotFoundError) as err:  # inputs, band names, the corpus contract
         parser.exit(2, f"{parser.prog}: error: {' '.join(str(err).split())}\n")
     print(manifest)
 

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,9 @@ from training.curate.metadata import catalog_row_for, load_catalog
 from training.curate.report import write_report
 from training.curate.select import duplicate_rows, select
 from training.curate.tiling import SceneResult, Source, discover, process_scene
-from training.curate.validate import validate_config
+
+if TYPE_CHECKING:
+    from training.schemas import CurateConfig
 
 log = logging.getLogger(__name__)
 CONTRACT_FILENAME = "corpus.json"  # must equal arctic_vit.corpus.CONTRACT_FILENAME (tested); arctic_vit imports
@@ -164,15 +167,18 @@ def _cluster(x: np.ndarray, cfg: dict, client) -> tuple[np.ndarray, np.ndarray, 
     return result.labels, result.exemplars, result.level_labels, info
 
 
-def run_curation(cfg: dict) -> Path:
-    """Run every stage for ``cfg`` (see training/configs/curate.yaml) -> path of ``manifest.parquet``."""
+def run_curation(cfg: dict[str, Any] | CurateConfig) -> Path:
+    """Run every stage for ``cfg`` (a merged dict or a ``training.schemas.CurateConfig``; see
+    training/configs/curate.yaml) -> path of ``manifest.parquet``."""
     t_start = time.perf_counter()
-    validate_config(cfg)  # every key, select.* included, before any tiling
-    out = Path(cfg.get("out") or "outputs/curate").resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    from training.config import write_resolved  # arctic_vit (torch): here, not at import (Dask workers import this
-    # module to run scenes and would each load torch, ~0.9 GB, enough to pause a worker at its memory limit)
+    # arctic_vit (torch) through the schema: imported here, not at import (Dask workers import this module to run
+    # scenes and would each load torch, ~0.9 GB, enough to pause a worker at its memory limit)
+    from training.config import write_resolved
+    from training.curate.validate import validate_config
 
+    cfg = validate_config(cfg)  # every key, select.* included, before any tiling; a plain dict, defaults filled
+    out = Path(cfg["out"]).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     write_resolved(cfg, out)
     inputs = _inputs(cfg)
     sources = discover(inputs, list(cfg["input"]["patterns"]), list(cfg["input"].get("exclude") or []))
