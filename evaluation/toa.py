@@ -16,8 +16,10 @@ depends on the product, and we do not carry the tables verbatim: a card may give
 ``g = 357.529 + 0.98560028 * (JD - 2451545.0)`` degrees, ``d = 1.00014 - 0.01671 cos g - 0.00014 cos 2g``.
 
 ``Esun`` is the band-averaged exo-atmospheric solar irradiance (W m-2 um-1 at 1 AU) from the Thuillier 2003 solar
-spectrum as Maxar tabulates it for WorldView-2/3, GeoEye-1 and QuickBird-2 (Maxar "Absolute Radiometric Calibration"
-2016v0 release; WorldView-3 technical note 2016, table 3). A sensor or band not listed is an error, never a guess.
+spectrum as Maxar tabulates it: WorldView-3 from the 2016 WorldView-3 technical note (table 3, Thuillier column);
+WorldView-2, GeoEye-1 and QuickBird-2 from Maxar's absolute radiometric calibration release (2016v0), which uses the
+same solar curve. A sensor or band not listed is an error, never a guess. The bands are canonical names
+(``arctic_vit.bands``); NIR1 is ``nir``.
 """
 
 from __future__ import annotations
