@@ -77,7 +77,7 @@ def _with_lr(cfg: dict, lr: float) -> dict:
 def sweep_lr(cfg: dict, backbones: list[str], seed: int, weights: dict[str, str], devices: list[str],
              force: bool) -> dict[str, dict]:
     """backbone -> {"lr": chosen, "sweep": {lr: tune-split headline score}} (first seed, tune split only)."""
-    grid = [float(v) for v in cfg["train"]["lr_sweep"]]
+    grid = cfg["train"]["lr_sweep"]  # floats: validated by RecipeConfig (load_recipe)
     headline = HEADLINE[cfg["task"]]
     jobs = [(_with_lr(cfg, lr), b, seed, weights.get(b), force, run_dir(cfg, b, seed).parent / "sweep" / f"lr{lr:g}"
              / f"seed{seed}", False) for b in backbones for lr in grid]

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from arctic_vit.config import as_dict, load_config, write_resolved
+from arctic_vit.config import as_dict, load_config, validate_config, write_resolved
 from arctic_vit.corpus import CorpusContract
 from arctic_vit.weights import sha256_file
 from evaluation.artefact import build_kwargs_from_recipe, save_finetuned
@@ -62,7 +62,6 @@ from evaluation.tiling import random_view, stack
 
 log = logging.getLogger(__name__)
 METRICS_NAME = "metrics.json"
-TASKS = ("semantic", "instance")
 HEADLINE = {"semantic": "foreground_mean_f1", "instance": "instance_f1"}
 """The headline metric of a task: pixel F1 for semantic recipes, object F1 (IoU >= 0.5) for instance recipes."""
 CODE_GLOBS = ("arctic_vit/*.py", "evaluation/datasets/*.py", *(f"evaluation/{m}.py" for m in (
@@ -136,7 +135,7 @@ def build_model(cfg: dict, backbone: Backbone, card: DatasetCard) -> torch.nn.Mo
 
 def layer_decay_for(cfg: dict, backbone_name: str) -> float:
     """Layer-wise lr decay of a backbone: the recipe's for pretrained encoders, none (1.0) for random init."""
-    return 1.0 if backbone_name.startswith("random_") else float(cfg["train"]["layer_decay"])
+    return 1.0 if backbone_name.startswith("random_") else cfg["train"]["layer_decay"]
 
 
 def make_batch(cfg: dict, views: list, device: torch.device) -> dict:
@@ -199,25 +198,27 @@ def train(cfg: dict, model: torch.nn.Module, encoder: torch.nn.Module, samples: 
     return history
 
 
-def run(cfg: dict, backbone_name: str, seed: int, weights: str | None = None, force: bool = False,
+def run(cfg: RecipeConfig | dict, backbone_name: str, seed: int, weights: str | None = None, force: bool = False,
         out_dir: Path | None = None, device: str | None = None, final: bool = True) -> dict[str, Any]:
     """One finetuning run -> its metrics dict (read back from disk when the run was already done).
 
+    ``cfg``: a ``RecipeConfig`` or a recipe dict (``load_recipe``), validated here once; the run reads the typed
+    model, and its plain record (the recipe + backbone name + seed: hashed into the run key, written as
+    ``resolved_config.yaml``) is what the helpers below and ``chip_eval`` / ``artefact`` read.
     ``final=False`` (an lr-sweep run) scores the tune split only: the test split is touched by final runs alone.
     """
-    if cfg.get("task") not in TASKS:
-        raise ValueError(f"recipe task must be one of {TASKS}, got {cfg.get('task')!r}")
-    cfg = _typed(json.loads(json.dumps(cfg)))  # private copy with numbers as numbers
-    cfg["backbone"]["name"], cfg["seed"] = backbone_name, seed
+    recipe = cfg if isinstance(cfg, RecipeConfig) else validate_config(RecipeConfig, cfg, "recipe")
     if weights is not None:
-        cfg["backbone"]["weights"] = weights
+        recipe = recipe.model_copy(update={"backbone": recipe.backbone.model_copy(update={"weights": weights})})
+    record = recipe.model_dump(mode="json")
+    record["backbone"]["name"], record["seed"] = backbone_name, seed
     option = "--device" if device is not None else "train.device"
-    resolved = resolve_device(device if device is not None else cfg["train"].get("device", "auto"), option)
-    card = load_card(cfg["dataset"]["card"], cfg["dataset"].get("card_overrides"))
-    out = out_dir or run_dir(cfg, backbone_name, seed)
+    resolved = resolve_device(device if device is not None else recipe.train.device, option)
+    card = load_card(recipe.dataset.card, recipe.dataset.card_overrides)
+    out = out_dir or run_dir(record, backbone_name, seed)
     precision = Precision.for_device(resolved)
-    key = {"config": config_hash(cfg), "card": config_hash(card.to_dict()), "final": final,
-           "weights_sha256": weights_sha256(cfg["backbone"]["weights"]), "code_version": code_version(),
+    key = {"config": config_hash(record), "card": config_hash(card.to_dict()), "final": final,
+           "weights_sha256": weights_sha256(recipe.backbone.weights), "code_version": code_version(),
            "device_type": resolved.type, "precision": precision.name}
     digest = config_hash(key)
     metrics_path = out / METRICS_NAME
@@ -226,42 +227,41 @@ def run(cfg: dict, backbone_name: str, seed: int, weights: str | None = None, fo
         if previous.get("config_hash") == digest:
             return previous | {"skipped": True}
     threads = torch.get_num_threads()
-    torch.set_num_threads(int(cfg["train"]["threads"]))
+    torch.set_num_threads(recipe.train.threads)
     try:
         with cuda_device(resolved):
-            return _run(cfg, card, backbone_name, seed, out, digest, key, resolved, final)
+            return _run(recipe, record, card, backbone_name, seed, out, digest, key, resolved, final)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(cfg: dict, card: DatasetCard, backbone_name: str, seed: int, out: Path, digest: str, key: dict,
-         device: torch.device, final: bool) -> dict[str, Any]:
+def _run(recipe: RecipeConfig, cfg: dict, card: DatasetCard, backbone_name: str, seed: int, out: Path, digest: str,
+         key: dict, device: torch.device, final: bool) -> dict[str, Any]:
     torch.manual_seed(seed)
     start = time.time()
-    d = cfg["dataset"]
-    train_set = build_dataset(card, d["train_split"])
+    d = recipe.dataset
+    train_set = build_dataset(card, d.train_split)
     card = train_set.card
-    splits = [d["tune_split"]]
-    if final and d.get("test_split") and d["test_split"] in card.splits.names:
-        splits.append(d["test_split"])
+    splits = [d.tune_split]
+    if final and d.test_split and d.test_split in card.splits.names:
+        splits.append(d.test_split)
     eval_sets = {name: build_dataset(card, name) for name in splits}
-    b = cfg["backbone"]
-    stats = dataset_stats(train_set) if backbone_name.startswith("random_") or b["normalization"] == "zscore" \
-        else None
+    b = recipe.backbone
+    stats = dataset_stats(train_set) if backbone_name.startswith("random_") or b.normalization == "zscore" else None
     backbone = build_backbone(
-        backbone_name, card, cfg["model"]["img_size"], weights=b["weights"], normalization=b["normalization"],
-        dataset_stats=stats, arch=b.get("arch"), rgb_bands=b.get("rgb_bands") or ("red", "green", "blue"),
-        imagenet_all_bands=bool(b.get("imagenet_all_bands")), prithvi_num_heads=int(b.get("prithvi_num_heads", 16)),
+        backbone_name, card, recipe.model.img_size, weights=b.weights, normalization=b.normalization,
+        dataset_stats=stats, arch=b.arch, rgb_bands=b.rgb_bands or ("red", "green", "blue"),
+        imagenet_all_bands=b.imagenet_all_bands, prithvi_num_heads=b.prithvi_num_heads,
     )
     model = build_model(cfg, backbone, card)
     samples = [train_set[i] for i in range(len(train_set))]
-    if cfg["task"] == "instance" and not any(s["instances"] is not None and len(s["instances"]["labels"])
+    if recipe.task == "instance" and not any(s["instances"] is not None and len(s["instances"]["labels"])
                                              for s in samples):
         raise ValueError(f"task 'instance' needs instance labels but the training split of {card.name!r} has none "
                          "(raster pairs: set the card's options.instance_band)")
     decay = layer_decay_for(cfg, backbone_name)
     log.info("%s seed %d: training on %d chips of %r (%s, lr %g, layer decay %g, %s)", backbone_name, seed,
-             len(train_set), card.name, device, cfg["train"]["lr"], decay, backbone.normalization)
+             len(train_set), card.name, device, recipe.train.lr, decay, backbone.normalization)
     history = train(cfg, model, backbone.encoder, samples, seed, device, decay)
     precision = Precision.for_device(device)
     results = {name: evaluate(cfg, model, data, card, device, precision) for name, data in eval_sets.items()}
@@ -270,9 +270,9 @@ def _run(cfg: dict, card: DatasetCard, backbone_name: str, seed: int, out: Path,
 
     out.mkdir(parents=True, exist_ok=True)
     write_resolved(cfg, out)
-    if final and cfg["output"].get("save_model", True):
-        save_finetuned(out / "model", model, task=cfg["task"], classes=card.classes, corpus=CorpusContract(
-            card.bands, card.bit_depth, gsd_m=card.gsd_m), tile_size=cfg["model"]["img_size"],
+    if final and recipe.output.save_model:
+        save_finetuned(out / "model", model, task=recipe.task, classes=card.classes, corpus=CorpusContract(
+            card.bands, card.bit_depth, gsd_m=card.gsd_m), tile_size=recipe.model.img_size,
             normalization=backbone.normalization, encoder_provenance=backbone.describe(),
             build_kwargs=build_kwargs_from_recipe(cfg, backbone_name))
     _save_per_image(out / "per_image.npz", result)
@@ -281,15 +281,15 @@ def _run(cfg: dict, card: DatasetCard, backbone_name: str, seed: int, out: Path,
         np.savez_compressed(out / "predictions.npz", images=np.stack(images), masks=np.stack(masks),
                             preds=np.stack(preds), names=np.array(names), bands=np.array(backbone.input_bands),
                             card_bands=np.array(card.bands), max_value=card.max_value)
-    note = (f"reported on {reported!r}, held out from training and lr choice" if reported != d["tune_split"] else
-            f"reported on {reported!r}: the split lr is tuned on (the card has no {d.get('test_split')!r} split)")
+    note = (f"reported on {reported!r}, held out from training and lr choice" if reported != d.tune_split else
+            f"reported on {reported!r}: the split lr is tuned on (the card has no {d.test_split!r} split)")
     metrics = {
-        "recipe": cfg["name"], "task": cfg["task"], "dataset": card.name, "classes": list(card.classes),
-        "backbone": backbone.describe(), "seed": seed, "headline_metric": HEADLINE[cfg["task"]],
+        "recipe": cfg["name"], "task": recipe.task, "dataset": card.name, "classes": list(card.classes),
+        "backbone": backbone.describe(), "seed": seed, "headline_metric": HEADLINE[recipe.task],
         "scores": result["scores"], "scores_by_split": {n: r["scores"] for n, r in results.items()},
         "eval_split": reported, "eval_note": note, "splits": card.splits.kind,
-        "protocol": {"normalization": backbone.normalization, "lr": cfg["train"]["lr"], "layer_decay": decay,
-                     "device": str(device), "precision": precision.name, "eval_overlap_px": cfg["eval"]["overlap"]},
+        "protocol": {"normalization": backbone.normalization, "lr": recipe.train.lr, "layer_decay": decay,
+                     "device": str(device), "precision": precision.name, "eval_overlap_px": recipe.eval.overlap},
         "n_train": len(train_set), "n_eval": len(eval_sets[reported]),
         "n_by_split": {n: len(x) for n, x in eval_sets.items()},
         "rejects": [{"item": r.item, "reason": r.reason} for r in train_set.rejects],
@@ -321,27 +321,6 @@ def load_matches(data: Any) -> list[dict]:
     return [{"scores": data["match_scores"][image == i], "labels": data["match_labels"][image == i],
              "tp": data["match_tp"][image == i], "gt_labels": data["match_gt_labels"][gt_image == i]}
             for i in range(n)]
-
-
-FLOAT_KEYS = {"train": ("lr", "weight_decay", "layer_decay", "warmup_fraction"),
-              "eval": ("score_threshold", "merge_iou")}
-INT_KEYS = {"train": ("epochs", "batch_size", "crops_per_image", "threads"), "eval": ("panels", "overlap"),
-            "model": ("img_size", "pyramid_channels", "decoder_channels")}
-
-
-def _typed(cfg: dict) -> dict:
-    """Cast numeric settings (YAML reads ``train.lr=1e-3`` as a string); a clear error if one is not a number."""
-    for kind, table in ((float, FLOAT_KEYS), (int, INT_KEYS)):
-        for section, keys in table.items():
-            for key in keys:
-                value = cfg.get(section, {}).get(key)
-                if value is None:
-                    continue
-                try:
-                    cfg[section][key] = kind(float(value)) if kind is int else kind(value)
-                except (TypeError, ValueError):
-                    raise ValueError(f"recipe setting {section}.{key}={value!r} is not a number") from None
-    return cfg
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:

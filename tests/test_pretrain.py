@@ -281,7 +281,7 @@ def _gloo_worker(rank: int, world: int, init_file: str, out: str) -> None:
         total, weight = accumulate_gradients(model, micro, 2, "fp32", ctx, torch.Generator().manual_seed(20 + rank))
         # rank 0 picks the checkpoint, every rank resumes from it, whatever its own config says
         ckpts = Path(out).parent / "ckpts"
-        chosen = choose_checkpoint({"resume": True if rank == 0 else str(ckpts / "other.pt")}, ckpts, ctx)
+        chosen = choose_checkpoint(True if rank == 0 else str(ckpts / "other.pt"), ckpts, ctx)
         if rank == 0:
             torch.save({"grads": _grads(model.module), "loss": float(total / weight), "chosen": str(chosen)}, out)
         else:

@@ -38,7 +38,7 @@ from timm.optim import param_groups_weight_decay
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from arctic_vit.config import as_dict, stage_cli, write_resolved
+from arctic_vit.config import as_dict, stage_cli, validate_config, write_resolved
 from arctic_vit.corpus import ContractError, CorpusContract
 from training.checkpoint import (
     capture_rng_state,
@@ -167,22 +167,21 @@ class MetricsLogger:
             self.writer.close()
 
 
-def build_loader(cfg: dict[str, Any], ctx: DistributedContext) -> tuple[ShardDataset, ShardSampler, DataLoader]:
-    data = cfg["data"]
-    augment_cfg = AugmentConfig(size=int(data["img_size"]), scale=tuple(data.get("scale", (0.2, 1.0))),
-                                hflip=data.get("hflip", True), vflip=data.get("vflip", True),
-                                rot90=data.get("rot90", True))
-    dataset = ShardDataset(data["shards"], augment_cfg)
-    sampler = ShardSampler(dataset.shard_counts, batch_size=int(data["batch_size"]), seed=int(cfg["run"]["seed"]),
+def build_loader(cfg: PretrainConfig, ctx: DistributedContext) -> tuple[ShardDataset, ShardSampler, DataLoader]:
+    data = cfg.data
+    augment_cfg = AugmentConfig(size=data.img_size, scale=tuple(data.scale), hflip=data.hflip, vflip=data.vflip,
+                                rot90=data.rot90)
+    dataset = ShardDataset(data.shards, augment_cfg)
+    sampler = ShardSampler(dataset.shard_counts, batch_size=data.batch_size, seed=cfg.run.seed,
                            rank=ctx.rank, world_size=ctx.world_size,
-                           shuffle_buffer=int(data.get("shuffle_buffer", 1024)), augment=data.get("augment", True))
-    workers = int(data.get("num_workers", 0))
+                           shuffle_buffer=data.shuffle_buffer, augment=data.augment)
+    workers = data.num_workers
     loader = DataLoader(
-        dataset, batch_size=int(data["batch_size"]), sampler=sampler, num_workers=workers, drop_last=True,
+        dataset, batch_size=data.batch_size, sampler=sampler, num_workers=workers, drop_last=True,
         pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0,  # no worker start-up per epoch
         worker_init_fn=_worker_init if workers else None,
         generator=torch.Generator().manual_seed(0),  # keeps the global RNG untouched by loader start-up
-        prefetch_factor=data.get("prefetch_factor", 2) if workers else None,
+        prefetch_factor=data.prefetch_factor if workers else None,
     )
     return dataset, sampler, loader
 
@@ -191,73 +190,77 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def batch_plan(cfg: dict[str, Any], ctx: DistributedContext, batches_per_rank: int) -> dict[str, int]:
+def batch_plan(cfg: PretrainConfig, ctx: DistributedContext, batches_per_rank: int) -> dict[str, int]:
     """Accumulation steps, effective batch and steps per epoch from the config and the world size."""
-    batch = int(cfg["data"]["batch_size"])
-    optim = cfg["optim"]
-    if optim.get("effective_batch"):
+    batch = cfg.data.batch_size
+    optim = cfg.optim
+    if optim.effective_batch:
         per_step = batch * ctx.world_size
-        if int(optim["effective_batch"]) % per_step:
-            raise ValueError(f"optim.effective_batch={optim['effective_batch']} is not a multiple of "
+        if optim.effective_batch % per_step:
+            raise ValueError(f"optim.effective_batch={optim.effective_batch} is not a multiple of "
                              f"data.batch_size x world size = {per_step}")
-        accum = int(optim["effective_batch"]) // per_step
+        accum = optim.effective_batch // per_step
     else:
-        accum = int(optim.get("accum_iter", 1))
+        accum = optim.accum_iter
     steps_per_epoch = batches_per_rank // accum
     if steps_per_epoch == 0:
         raise ValueError(f"{batches_per_rank} batches per rank per epoch cannot fill one step of {accum} accumulations")
     return {"accum": accum, "effective_batch": batch * accum * ctx.world_size, "steps_per_epoch": steps_per_epoch}
 
 
-def pretrain(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run (or resume) MAE pretraining as configured; return a summary (steps, last loss, checkpoint path)."""
-    run = cfg["run"]
-    if run.get("deterministic"):  # GPU: bit-exact reruns at a cost (see PRETRAIN.md); CPU runs are exact anyway
+def pretrain(cfg: PretrainConfig | dict[str, Any]) -> dict[str, Any]:
+    """Run (or resume) MAE pretraining as configured; return a summary (steps, last loss, checkpoint path).
+
+    ``cfg``: a validated ``PretrainConfig``, or a merged dict, validated here once (one-line ``ConfigError``)."""
+    if not isinstance(cfg, PretrainConfig):
+        cfg = validate_config(PretrainConfig, cfg, "pretrain config")
+    run = cfg.run
+    if run.deterministic:  # GPU: bit-exact reruns at a cost (see PRETRAIN.md); CPU runs are exact anyway
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any matmul
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-    ctx = setup_distributed(run.get("device", "auto"))
-    if run.get("threads"):
-        torch.set_num_threads(int(run["threads"]))
-    out_dir = Path(run["out_dir"])
+    ctx = setup_distributed(run.device)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    out_dir = Path(run.out_dir)
     ckpt_dir = out_dir / "checkpoints"
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_resolved(cfg, out_dir)
         clean_stale_temps(ckpt_dir)
-    seed = int(run["seed"])
+    seed = run.seed
     seed_everything(seed, ctx.rank)
     mask_gen = torch.Generator(device=ctx.device).manual_seed(mask_seed(seed, ctx.rank))
 
     dataset, sampler, loader = build_loader(cfg, ctx)
     contract = dataset.contract  # read once, from the shard folder's corpus.json
     plan = batch_plan(cfg, ctx, sampler.batches_per_rank)
-    optim_cfg = cfg["optim"]
-    lr = float(optim_cfg["lr"]) if optim_cfg.get("lr") else scaled_lr(float(optim_cfg["blr"]), plan["effective_batch"])
+    optim_cfg = cfg.optim
+    lr = optim_cfg.lr if optim_cfg.lr else scaled_lr(optim_cfg.blr, plan["effective_batch"])
     steps_per_epoch = plan["steps_per_epoch"]
-    total_steps = int(optim_cfg["epochs"]) * steps_per_epoch
-    warmup_steps = float(optim_cfg["warmup_epochs"]) * steps_per_epoch
-    stop_step = min(total_steps, int(run["max_steps"])) if run.get("max_steps") else total_steps
+    total_steps = optim_cfg.epochs * steps_per_epoch
+    warmup_steps = optim_cfg.warmup_epochs * steps_per_epoch
+    stop_step = min(total_steps, run.max_steps) if run.max_steps else total_steps
 
-    model = build_mae(cfg["model"], contract.bands, int(cfg["data"]["img_size"])).to(ctx.device)
-    groups = param_groups_weight_decay(model, float(optim_cfg["weight_decay"]), no_weight_decay_list=NO_WEIGHT_DECAY)
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(optim_cfg.get("betas", (0.9, 0.95))))
-    min_factor = float(optim_cfg.get("min_lr", 0.0)) / lr if lr else 0.0
+    model = build_mae(cfg.model.model_dump(), contract.bands, cfg.data.img_size).to(ctx.device)
+    groups = param_groups_weight_decay(model, optim_cfg.weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(optim_cfg.betas))
+    min_factor = optim_cfg.min_lr / lr if lr else 0.0
     scheduler = warmup_cosine_scheduler(optimizer, warmup_steps, total_steps, min_factor)
-    precision = resolve_precision(run.get("precision", "auto"), ctx.device)
+    precision = resolve_precision(run.precision, ctx.device)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=precision == "fp16")
-    attention = resolve_attention(run.get("attention", "auto"), precision, ctx.device)
+    attention = resolve_attention(run.attention, precision, ctx.device)
     set_attention(model, attention)
     if ctx.is_main:
         LOG.info("lr = blr %.3g x effective batch %d (%d per rank x %d accumulation x %d ranks) / 256 = %.4g",
-                 float(optim_cfg["blr"]), plan["effective_batch"], int(cfg["data"]["batch_size"]), plan["accum"],
+                 optim_cfg.blr, plan["effective_batch"], cfg.data.batch_size, plan["accum"],
                  ctx.world_size, lr)
         LOG.info("%d chips, %d steps/epoch, %d epochs = %d steps (warmup %g), precision %s, %s attention, device %s",
-                 len(dataset), steps_per_epoch, int(optim_cfg["epochs"]), total_steps, warmup_steps, precision,
+                 len(dataset), steps_per_epoch, optim_cfg.epochs, total_steps, warmup_steps, precision,
                  attention, ctx.device)
 
     step = 0
-    resume_from = choose_checkpoint(run, ckpt_dir, ctx)
+    resume_from = choose_checkpoint(run.resume, ckpt_dir, ctx)
     if resume_from is not None:
         step = resume(resume_from, cfg, ctx, plan, contract, model, optimizer, scheduler, scaler, mask_gen,
                       lr_factor=lambda s: warmup_cosine_factor(s, warmup_steps, total_steps, min_factor))
@@ -268,19 +271,19 @@ def pretrain(cfg: dict[str, Any]) -> dict[str, Any]:
     if ctx.world_size > 1:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         train_model = DistributedDataParallel(model, device_ids=device_ids)
-    if run.get("compile"):
+    if run.compile:
         train_model = torch.compile(train_model)
 
     logger = MetricsLogger(out_dir, ctx.is_main)
-    vis_batch = _fixed_batch(dataset, int(run.get("vis_count", 4))) if ctx.is_main else None
+    vis_batch = _fixed_batch(dataset, run.vis_count) if ctx.is_main else None
     summary: dict[str, Any] = {"lr": lr, **plan, "total_steps": total_steps, "start_step": step}
     loss_value = math.nan
-    progress = _progress_bar(run, ctx, step, stop_step)
+    progress = _progress_bar(run.progress, ctx, step, stop_step)
     saver = CheckpointWriter(ckpt_dir, model, optimizer, scheduler, scaler, plan, cfg, ctx, contract, mask_gen,
-                             keep_last=int(run.get("keep_last", 3)))
+                             keep_last=run.keep_last)
     try:
         while step < stop_step:
-            epoch, start_sample = _data_position(step, steps_per_epoch, plan, cfg)
+            epoch, start_sample = _data_position(step, steps_per_epoch, plan, cfg.data.batch_size)
             sampler.set_epoch(epoch, start_sample)
             cycles_left = steps_per_epoch - step % steps_per_epoch
             batches = iter(itertools.islice(loader, cycles_left * plan["accum"]))
@@ -288,7 +291,7 @@ def pretrain(cfg: dict[str, Any]) -> dict[str, Any]:
                 tick = time.perf_counter()
                 rng_before = capture_rng_state(ctx.device, {MASK_GENERATOR: mask_gen})
                 loss_value = _train_step(train_model, batches, optimizer, scaler, plan["accum"], precision, ctx,
-                                         float(optim_cfg.get("clip_grad") or 0.0), mask_gen)
+                                         optim_cfg.clip_grad or 0.0, mask_gen)
                 if not math.isfinite(loss_value):
                     good = saver.save(step, rng_override=rng_before)
                     raise NonFiniteLossError(
@@ -301,16 +304,16 @@ def pretrain(cfg: dict[str, Any]) -> dict[str, Any]:
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{images_per_s:.1f}")
-                if step % int(run.get("log_every", 10)) == 0 or step == stop_step:
+                if step % run.log_every == 0 or step == stop_step:
                     logger.log(step, epoch=epoch, loss=loss_value, lr=optimizer.param_groups[0]["lr"],
                                img_per_s=images_per_s)
-                if ctx.is_main and run.get("vis_every") and (step % int(run["vis_every"]) == 0 or step == stop_step):
+                if ctx.is_main and run.vis_every and (step % run.vis_every == 0 or step == stop_step):
                     errors = save_reconstruction_png(model, vis_batch, contract,
                                                      out_dir / "vis" / f"step_{step:08d}.png", seed)
                     logger.log(step, **errors)
-                if step % int(run.get("ckpt_every_steps", 1000)) == 0 or step == stop_step:
+                if step % run.ckpt_every_steps == 0 or step == stop_step:
                     summary["checkpoint"] = str(saver.save(step))
-                if run.get("kill_at_step") and step == int(run["kill_at_step"]) and ctx.is_main:
+                if run.kill_at_step and step == run.kill_at_step and ctx.is_main:
                     os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the exact-resume tests
     finally:
         logger.close()
@@ -335,9 +338,10 @@ def mask_seed(seed: int, rank: int, step: int = 0) -> int:
     return int(np.random.SeedSequence([seed, rank, step, 0x6D61736B]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def choose_checkpoint(run: dict[str, Any], ckpt_dir: Path, ctx: DistributedContext) -> Path | None:
-    """Rank 0 picks the checkpoint to resume from and broadcasts it: every rank resumes from the same file."""
-    choice = [str(path) if ctx.is_main and (path := _resume_path(run, ckpt_dir)) is not None else None]
+def choose_checkpoint(resume_cfg: bool | str, ckpt_dir: Path, ctx: DistributedContext) -> Path | None:
+    """Rank 0 picks the checkpoint to resume from (``run.resume``) and broadcasts it: every rank resumes from the
+    same file."""
+    choice = [str(path) if ctx.is_main and (path := _resume_path(resume_cfg, ckpt_dir)) is not None else None]
     if ctx.world_size > 1:
         dist.broadcast_object_list(choice, src=0)
     if choice[0] is None:
@@ -349,21 +353,21 @@ def choose_checkpoint(run: dict[str, Any], ckpt_dir: Path, ctx: DistributedConte
     return path
 
 
-def resume(path: Path, cfg: dict[str, Any], ctx: DistributedContext, plan: dict[str, int], contract: CorpusContract,
+def resume(path: Path, cfg: PretrainConfig, ctx: DistributedContext, plan: dict[str, int], contract: CorpusContract,
            model, optimizer, scheduler, scaler, mask_gen: torch.Generator, lr_factor) -> int:
     """Load ``path`` into the training state; return the optimizer step to continue from."""
     state = load_checkpoint(path)
     if "corpus" not in state:
         raise ContractError(f"{path}: no corpus contract (written by an older training.pretrain); cannot check that "
-                            f"it was trained on {cfg['data']['shards']}")
+                            f"it was trained on {cfg.data.shards}")
     CorpusContract.from_dict(state["corpus"], str(path)).check_same(
-        contract, f"resuming {path} onto the shards in {cfg['data']['shards']}")
+        contract, f"resuming {path} onto the shards in {cfg.data.shards}")
     encoder = state.get("config", {}).get("model", {}).get("encoder")
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
         raise ValueError(f"{path}: its model ({encoder}) does not fit this run's model.encoder="
-                         f"{cfg['model']['encoder']}: {str(err).splitlines()[0]}") from None
+                         f"{cfg.model.encoder}: {str(err).splitlines()[0]}") from None
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     position = state["data_position"]
@@ -374,7 +378,7 @@ def resume(path: Path, cfg: dict[str, Any], ctx: DistributedContext, plan: dict[
         scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state["rng"][ctx.rank], ctx.device, {MASK_GENERATOR: mask_gen})
         return int(state["step"])
-    if not cfg["run"].get("allow_reshape"):
+    if not cfg.run.allow_reshape:
         raise ValueError(f"{path}: written by {before[0]} ranks with effective batch {before[1]}, this run has "
                          f"{now[0]} ranks and effective batch {now[1]}: relaunch with the same world size and "
                          "optim.effective_batch, or pass --allow-reshape (run.allow_reshape=true)")
@@ -389,7 +393,7 @@ def resume(path: Path, cfg: dict[str, Any], ctx: DistributedContext, plan: dict[
         group["initial_lr"] = scheduler.base_lrs[0]
         group["lr"] = group["initial_lr"] * lr_factor(step)
     scheduler.last_epoch = step
-    seed = int(cfg["run"]["seed"])
+    seed = cfg.run.seed
     seed_everything(seed + step, ctx.rank)
     mask_gen.manual_seed(mask_seed(seed, ctx.rank, step))
     if ctx.is_main:
@@ -399,8 +403,7 @@ def resume(path: Path, cfg: dict[str, Any], ctx: DistributedContext, plan: dict[
     return step
 
 
-def _resume_path(run: dict[str, Any], ckpt_dir: Path) -> Path | None:
-    resume_cfg = run.get("resume", True)
+def _resume_path(resume_cfg: bool | str, ckpt_dir: Path) -> Path | None:
     if resume_cfg is True or resume_cfg == "auto":
         return latest_checkpoint(ckpt_dir)
     if resume_cfg:
@@ -408,10 +411,10 @@ def _resume_path(run: dict[str, Any], ckpt_dir: Path) -> Path | None:
     return None
 
 
-def _data_position(step: int, steps_per_epoch: int, plan: dict[str, int], cfg: dict[str, Any]) -> tuple[int, int]:
-    """(epoch, samples this rank consumed in it) at optimizer step ``step``."""
+def _data_position(step: int, steps_per_epoch: int, plan: dict[str, int], batch_size: int) -> tuple[int, int]:
+    """(epoch, samples this rank consumed in it) at optimizer step ``step``; ``batch_size`` per rank and micro-step."""
     epoch = step // steps_per_epoch
-    return epoch, (step % steps_per_epoch) * plan["accum"] * int(cfg["data"]["batch_size"])
+    return epoch, (step % steps_per_epoch) * plan["accum"] * batch_size
 
 
 def accumulate_gradients(model, batches, accum: int, precision: str, ctx: DistributedContext,
@@ -489,7 +492,7 @@ class CheckpointWriter:
     scheduler: Any
     scaler: torch.amp.GradScaler
     plan: dict[str, int]
-    cfg: dict[str, Any]
+    cfg: PretrainConfig
     ctx: DistributedContext
     contract: CorpusContract
     mask_gen: torch.Generator
@@ -504,7 +507,7 @@ class CheckpointWriter:
             dist.all_gather_object(rngs, rng)
         path = self.ckpt_dir / f"checkpoint-{step:08d}.pt"
         if ctx.is_main:
-            epoch, samples = _data_position(step, self.plan["steps_per_epoch"], self.plan, self.cfg)
+            epoch, samples = _data_position(step, self.plan["steps_per_epoch"], self.plan, self.cfg.data.batch_size)
             state = {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -512,9 +515,9 @@ class CheckpointWriter:
                 "scaler": self.scaler.state_dict(),
                 "rng": rngs,
                 "data_position": {"epoch": epoch, "samples_per_rank": samples, "world_size": ctx.world_size,
-                                  "batch_size": int(self.cfg["data"]["batch_size"]), "accum": self.plan["accum"]},
+                                  "batch_size": self.cfg.data.batch_size, "accum": self.plan["accum"]},
                 "step": step,
-                "config": self.cfg,
+                "config": as_dict(self.cfg),  # plain data: a checkpoint loads without this package's schemas
                 "corpus": self.contract.to_dict(),  # bands, bit depth, mean/std travel with the weights
             }
             path = save_checkpoint(state, self.ckpt_dir, step, keep_last=self.keep_last)
@@ -523,8 +526,8 @@ class CheckpointWriter:
         return path
 
 
-def _progress_bar(run: dict[str, Any], ctx: DistributedContext, step: int, total: int):
-    if not (ctx.is_main and run.get("progress", True)):
+def _progress_bar(enabled: bool, ctx: DistributedContext, step: int, total: int):
+    if not (ctx.is_main and enabled):
         return None
     from tqdm import tqdm
 
@@ -619,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         argv = [a for a in argv if a != "--allow-reshape"] + ["run.allow_reshape=true"]
     _, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv, schema=PretrainConfig)  # validated before any work
     try:
-        summary = pretrain(as_dict(cfg))
+        summary = pretrain(cfg)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
