@@ -194,10 +194,11 @@ def config_from_args(args: argparse.Namespace, schema: type[Model] | None = None
 
 
 def stage_cli(doc: str | None, default_config: str | Path | None, argv: Sequence[str] | None = None,
-              schema: type[Model] | None = None) -> tuple[argparse.ArgumentParser, Any]:
+              schema: type[Model] | None = None, prog: str | None = None) -> tuple[argparse.ArgumentParser, Any]:
     """The shared start of a stage's ``main``: parser, resolved + validated config (a ``ConfigError`` becomes a
-    one-line ``parser.error``), ``--show-config`` printed and exit, INFO logging."""
-    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    one-line ``parser.error``), ``--show-config`` printed and exit, INFO logging. ``prog``: the command as typed,
+    e.g. ``python -m training.pack`` (argparse would otherwise name the file, ``pack.py``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0])
     add_config_arguments(parser, default_config)
     args = parser.parse_args(argv)
     try:

@@ -72,7 +72,9 @@ __all__ = ["evaluate", "load_recipe", "run", "run_dir", "train", "train_step"]
 
 
 def run_dir(cfg: dict, backbone: str, seed: int) -> Path:
-    return resolve_path(cfg["output"]["root"]) / cfg["name"] / backbone / f"seed{seed}"
+    """``<output.root>/<recipe>/<backbone>/seed<N>``; a relative ``output.root`` is under the current directory (never
+    inside an installed package)."""
+    return resolve_path(cfg["output"]["root"], Path.cwd()) / cfg["name"] / backbone / f"seed{seed}"
 
 
 def config_hash(cfg: dict) -> str:
@@ -324,8 +326,10 @@ def load_matches(data: Any) -> list[dict]:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
-    """Recipe YAML (its ``defaults:`` chain merged) + ``key=value`` overrides; the name defaults to the file stem."""
-    path = resolve_path(path)
+    """Recipe YAML (its ``defaults:`` chain merged) + ``key=value`` overrides; the name defaults to the file stem.
+
+    A relative ``path`` is looked up in the current directory, then among the shipped recipes' root."""
+    path = Path(path).expanduser() if Path(path).expanduser().is_file() else resolve_path(path)
     cfg = as_dict(load_config(path, overrides=overrides, schema=RecipeConfig))  # validated: one-line key errors
     cfg["name"] = cfg["name"] or path.stem
     return cfg

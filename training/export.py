@@ -62,7 +62,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, model_name
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv, schema=ExportConfig)
+    parser, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv, schema=ExportConfig,
+                            prog="python -m training.export")
     options = cfg.export.model_dump()
     if not options.get("checkpoint"):
         parser.error("export.checkpoint=<file or folder> is required")

@@ -335,7 +335,8 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    _, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv, schema=PackConfig)
+    _, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv, schema=PackConfig,
+                       prog="python -m training.pack")
     options = cfg.pack.model_dump()
     out_dir = options.pop("out_dir")
     pack(out_dir, **options)

@@ -620,7 +620,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--allow-reshape" in argv:  # the flag is run.allow_reshape=true
         argv = [a for a in argv if a != "--allow-reshape"] + ["run.allow_reshape=true"]
-    _, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv, schema=PretrainConfig)  # validated before any work
+    _, cfg = stage_cli(__doc__, DEFAULT_CONFIG, argv, schema=PretrainConfig,
+                       prog="python -m training.pretrain")  # validated before any work
     try:
         summary = pretrain(cfg)
     finally:

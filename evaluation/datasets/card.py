@@ -2,7 +2,7 @@
 
     name: maple_iwp
     format: via_json                 # via_json | raster_pairs | vector
-    root: ../shared/data/maple_iwp/labelled   # relative paths resolve against the repository root
+    root: ../shared/data/maple_iwp/labelled   # relative: see "Relative paths" below
     classes: [background, lowcenter, highcenter]   # index = class id; 0 is background
     bands: [nir, green, red]         # channel order of the files, canonical names (arctic_vit.bands)
     bit_depth: 8
@@ -12,6 +12,15 @@
     options: {annotations: via_region_data.json, class_attribute: object_name}
 
 ``splits`` (folders, a list, a group key, fractions): see ``evaluation.datasets.splits``.
+
+Relative paths (``root``, ``generate.scenes_dir``; ``splits.folders`` / ``splits.list`` are relative to ``root``)
+resolve against where they were written:
+
+- in a card file: the card file's folder, except the cards shipped in ``evaluation/datasets/cards/``, which are
+  written relative to the folder that holds ``evaluation/`` (the repository root in a checkout);
+- in ``overrides`` (a recipe's ``dataset.card_overrides``, a command line) or a mapping given to
+  ``card_from_dict``: the caller's folder, ``base``, by default the current directory, so that an installed
+  package never resolves a user's path into its own environment.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from arctic_vit.config import deep_merge
 from evaluation.datasets.splits import SplitSpec, parse_splits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_CARDS = Path(__file__).resolve().parent / "cards"
 FORMATS = ("via_json", "raster_pairs", "vector")
 IGNORE_INDEX = 255
 """Mask value of pixels that are not scored (nodata, padding)."""
@@ -86,9 +96,30 @@ def resolve_path(path: str | Path, base: Path = REPO_ROOT) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def card_from_dict(data: dict[str, Any], source: Path | None = None) -> DatasetCard:
-    """Validate a card mapping -> ``DatasetCard``; ``ValueError`` naming ``source`` and the field on bad input."""
+def card_base(path: Path) -> Path:
+    """The folder the relative paths of the card file ``path`` resolve against (see the module docstring)."""
+    path = path.resolve()
+    return SHIPPED_CARDS.parents[2] if path.parent == SHIPPED_CARDS else path.parent
+
+
+def _absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A copy of a card mapping (or overrides) with ``root`` and ``generate.scenes_dir`` made absolute against
+    ``base``; anything else unchanged."""
+    data = dict(data)
+    if isinstance(data.get("root"), (str, Path)):
+        data["root"] = str(resolve_path(data["root"], base))
+    generate = data.get("generate")
+    if isinstance(generate, dict) and isinstance(generate.get("scenes_dir"), (str, Path)):
+        data["generate"] = {**generate, "scenes_dir": str(resolve_path(generate["scenes_dir"], base))}
+    return data
+
+
+def card_from_dict(data: dict[str, Any], source: Path | None = None, base: Path | None = None) -> DatasetCard:
+    """Validate a card mapping -> ``DatasetCard``; ``ValueError`` naming ``source`` and the field on bad input.
+
+    Relative paths resolve against ``base`` (default: the current directory)."""
     where = str(source) if source else "dataset card"
+    data = _absolute_paths(data, Path.cwd() if base is None else base)
     missing = [k for k in ("name", "format", "root", "classes", "bands", "bit_depth") if data.get(k) is None]
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing}")
@@ -112,14 +143,17 @@ def card_from_dict(data: dict[str, Any], source: Path | None = None) -> DatasetC
     )
 
 
-def load_card(path: str | Path, overrides: dict[str, Any] | None = None) -> DatasetCard:
+def load_card(path: str | Path, overrides: dict[str, Any] | None = None, base: Path | None = None) -> DatasetCard:
     """Read a card YAML; ``overrides`` merge into it (``{"root": "/data/iwp"}``, ``{"splits": {"folders": {"test":
-    "/data/iwp/test"}}}``: nested mappings merge, anything else replaces; ``splits.fractions`` replaces as a whole)."""
+    "/data/iwp/test"}}}``: nested mappings merge, anything else replaces; ``splits.fractions`` replaces as a whole).
+
+    The card's relative paths resolve against ``card_base(path)``, those of ``overrides`` against ``base`` (the
+    caller's folder; default: the current directory)."""
     path = resolve_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset card not found: {path}")
-    overrides = overrides or {}
-    data = deep_merge(yaml.safe_load(path.read_text()) or {}, overrides)
+    overrides = _absolute_paths(overrides or {}, Path.cwd() if base is None else base)
+    data = deep_merge(_absolute_paths(yaml.safe_load(path.read_text()) or {}, card_base(path)), overrides)
     if (overrides.get("splits") or {}).get("fractions"):  # shares replace, never merge (they must sum to 1)
         data["splits"]["fractions"] = dict(overrides["splits"]["fractions"])
     return card_from_dict(data, source=path)
