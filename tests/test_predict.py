@@ -407,15 +407,15 @@ def test_detections_become_scene_instances_and_paint_by_score():
 def test_bf16_precision_on_cpu_is_close_to_float32(model_dir, scenes, tmp_path):
     from timm.layers import PatchEmbed
 
-    from evaluation.predict.run import _forward, cpu_bf16, float32_patch_embedding, inference_precision
-    from training.pretrain import cpu_supports_bf16
+    from evaluation.predict.run import cpu_bf16, float32_patch_embedding, inference_precision, semantic_forward
+    from training.runtime import cpu_supports_bf16
 
     cpu = torch.device("cpu")
     assert inference_precision("auto", cpu).dtype is None
     assert cpu_bf16("auto", cpu) == cpu_supports_bf16() and not cpu_bf16("float32", cpu)
     predictor = load_finetuned(model_dir)
     x = torch.from_numpy(np.random.default_rng(0).integers(100, 2000, (2, 4, TILE, TILE)).astype(np.float32))
-    forward = _forward(predictor, torch.zeros(1, 2), cpu)
+    forward = semantic_forward(predictor, torch.zeros(1, 2), cpu)
     embed = next(m for m in predictor.model.modules() if isinstance(m, PatchEmbed))
     seen = []
     hook = embed.proj.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
@@ -598,7 +598,7 @@ def test_map_scene_for_report_writes_outputs_and_scores_like_score_scene(tmp_pat
     from evaluation.predict import map_scene_for_report
     from evaluation.predict.score import score_scene
     from tests.test_artefact import _cfg as recipe
-    from training.synthetic import LABEL_CLASSES, generate_archive
+    from training.synthetic import LABEL_CLASSES, LABELS_SUFFIX, generate_archive
 
     classes = tuple(LABEL_CLASSES.values())
     card = DatasetCard(name="s", format="raster_pairs", root=Path("."), classes=classes, bands=BGRN, bit_depth=11)
@@ -612,7 +612,7 @@ def test_map_scene_for_report_writes_outputs_and_scores_like_score_scene(tmp_pat
                    tile_size=TILE, normalization=b.normalization, encoder_provenance=b.describe(),
                    build_kwargs=kwargs)
     (scene,) = generate_archive(tmp_path / "archive", n_scenes=1, size=128, seed=3, zone_size=64, catalog=False)
-    labels = scene.with_name(scene.stem + ".labels.tif")
+    labels = scene.with_name(scene.stem + LABELS_SUFFIX)
     out = tmp_path / "report"
     record = map_scene_for_report(model_dir, scene, labels, out)
     assert json.loads(json.dumps(record)) == record  # JSON-ready
@@ -662,3 +662,50 @@ def test_valid_pixels_equal_gdal_masks(tmp_path, kind):
     assert got.dtype == bool and got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
     assert (kind == "no_mask") == bool(got.all())
+
+
+def test_default_overlap_keeps_seams_and_edge_falling_weights(tmp_path):
+    """The default overlap (32 px at 224-px tiles): weights still fall towards tile edges, streamed tiles equal
+    whole-image inference of a translation-equivariant model, and a 1344-px scene runs 49 forwards, not 64."""
+    from evaluation.overlap import MIN_WEIGHT, blend_weights
+    from evaluation.predict.run import default_overlap
+
+    tile = 224
+    overlap = default_overlap(tile)
+    assert overlap == 32 and _cfg(Path("m"), Path("i"), Path("o")).identity("x", tile)["overlap"] == overlap
+    profile = blend_weights(tile, overlap)[tile // 2]
+    margin = overlap // 4
+    assert np.all(profile[:margin] == MIN_WEIGHT) and np.all(np.diff(profile[margin - 1 : overlap - margin + 1]) > 0)
+    assert np.all(profile[overlap - margin : tile - overlap + margin] == 1) and np.allclose(profile, profile[::-1])
+    assert len(tile_origins(1344, 1344, tile, overlap)) == 49 and len(tile_origins(1344, 1344, tile, 56)) == 64
+    path = write_scene(tmp_path / "seam.tif", 520, 470, seed=6)
+    model = ConvSegmenter().eval()
+    with rasterio.open(path) as src:
+        streamed = np.concatenate([s.probs for s in stream_semantic(src, (1, 2, 3, 4), model, 3, tile, overlap)],
+                                  axis=1)
+        with torch.no_grad():
+            whole = torch.softmax(model(torch.from_numpy(src.read().astype(np.float32))[None]), 1)[0].numpy()
+    assert np.abs(streamed - whole).max() < 1e-5
+
+
+def test_folder_input_skips_label_rasters_and_scores_against_them(model_dir, scenes, mapped, tmp_path):
+    """A folder holding scene.tif + scene.labels.tif (``training.synthetic.LABELS_SUFFIX``) maps one scene, and
+    the same folder as --labels scores it against scene.labels.tif, not against the scene itself."""
+    from evaluation.predict.scenes import discover
+    from training.synthetic import LABELS_SUFFIX
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    shutil.copy(scenes / "s8.tif", folder / "scene.tif")
+    with rasterio.open(mapped[1] / "s8" / "class.tif") as src:  # the map of the same pixels: every F1 is 1
+        profile = src.profile | {"driver": "GTiff"}
+        with rasterio.open(folder / f"scene{LABELS_SUFFIX}", "w", **profile) as dst:
+            dst.write(src.read())
+    assert [s.scene_id for s in discover(folder)] == ["scene"]
+    summary = predict(_cfg(model_dir, folder, tmp_path / "out", labels=folder, target_crs=None))
+    assert summary["totals"]["scenes"] == summary["totals"]["done"] == 1
+    scores = summary["scenes"][0]["scores"]
+    assert scores["pixel_f1"] == scores["object_f1"] == 1.0
+    (folder / "scene.tif").unlink()
+    with pytest.raises(FileNotFoundError, match=r"label rasters \*\.labels\.tif are not scenes"):
+        discover(folder)

@@ -53,6 +53,7 @@ BIT_DEPTH = 11
 MAX_DN = 2**BIT_DEPTH - 1
 CRS = "EPSG:3413"
 GSD_M = 0.5
+LABELS_SUFFIX = ".labels.tif"  # X.tif -> X.labels.tif (the LABEL CONTRACT); readers import it
 
 # Low-information covers (most of the archive) and informative feature covers (a minority).
 BACKGROUND_COVERS = ("water", "snow", "cloud", "tundra")
@@ -392,7 +393,7 @@ def write_scene_raster(
         driver="GTiff", width=size, height=size, count=4, dtype="uint16", crs=CRS, transform=transform, nodata=0,
         tiled=True, blockxsize=256, blockysize=256, compress="deflate", interleave="pixel",
     )
-    label_path = path.with_name(path.stem + ".labels.tif")
+    label_path = path.with_name(path.stem + LABELS_SUFFIX)
     with rasterio.open(path, "w", **profile) as dst:
         dst.descriptions = BANDS
         dst.update_tags(BANDS=",".join(BANDS), BIT_DEPTH=str(BIT_DEPTH), SENSOR=meta.sat_id)

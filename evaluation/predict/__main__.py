@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
     p.add_argument("--precision", default="auto", choices=("auto", "float32", "bf16"),
                    help="auto: bf16 autocast on CUDA, float32 on CPU; bf16 also on CPUs with native bf16")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--overlap", type=int, default=None, help="tile overlap in px (default tile_size // 4)")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in px (default tile_size // 7)")
     p.add_argument("--target-crs", default="EPSG:3413", help="CRS of the polygons; 'scene' keeps the scene's")
     p.add_argument("--bands", default=None, help="scene band names when the files carry none, e.g. blue,green,red,nir")
     p.add_argument("--score-threshold", type=float, default=0.5, help="instance models: minimum score")

@@ -23,6 +23,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from arctic_vit.bands import CANONICAL_BANDS
 from training.curate.metadata import read_acquisition, vendor_sidecar  # sidecar: the scene's own or its tiled product's
+from training.synthetic import LABELS_SUFFIX
 
 SCENE_SUFFIXES = (".tif", ".tiff")
 BAND_ALIASES = {
@@ -130,14 +131,17 @@ def match_bands(scene_bands: tuple[str, ...], model_bands: tuple[str, ...], path
 
 
 def discover(input_path: str | Path) -> list[Scene]:
-    """A GeoTIFF, a folder of them (recursive, sorted) or a catalog CSV/Parquet with a ``path`` column."""
+    """A GeoTIFF, a folder of them (recursive, sorted; label rasters ``X.labels.tif`` skipped) or a catalog
+    CSV/Parquet with a ``path`` column."""
     path = Path(input_path)
     if not path.exists():
         raise FileNotFoundError(f"--input {path}: not found")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in SCENE_SUFFIXES and p.is_file())
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in SCENE_SUFFIXES and p.is_file()
+                       and not p.name.lower().endswith(LABELS_SUFFIX))
         if not files:
-            raise FileNotFoundError(f"--input {path}: no .tif/.tiff scenes in the folder")
+            raise FileNotFoundError(f"--input {path}: no .tif/.tiff scenes in the folder (label rasters "
+                                    f"*{LABELS_SUFFIX} are not scenes)")
         return _with_ids([Scene(f, f.stem) for f in files])
     if path.suffix.lower() in SCENE_SUFFIXES:
         return [Scene(path, path.stem)]

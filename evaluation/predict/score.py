@@ -1,7 +1,8 @@
 """Score a mapped scene against its labels: pixel F1 and object F1 at IoU >= 0.5, detection and delineation F1.
 
-Labels per scene in ``<labels>/`` (or one label file for a single scene): a raster ``<scene_id>.tif`` (or
-``<scene_id>_labels.tif``, ``<scene_id>.labels.tif`` as ``training.synthetic`` writes), band 1 = class ids of
+Labels per scene in ``<labels>/`` (or one label file for a single scene): a raster ``<scene_id>.labels.tif`` (as
+``training.synthetic`` writes: ``LABELS_SUFFIX``; looked for first, so the scenes' own folder can be ``<labels>``),
+``<scene_id>.tif`` or ``<scene_id>_labels.tif``, band 1 = class ids of
 the model's classes (0 background, 255 not scored) on the scene's grid; or vectors ``<scene_id>.gpkg`` /
 ``.parquet`` / ``.geojson`` with a ``class_id`` or ``class`` (name) column, in any CRS (reprojected to the scene's,
 rasterised at pixel centres). Objects: ground truth = each label polygon (vectors: touching polygons stay two), or
@@ -27,6 +28,7 @@ from evaluation.datasets.card import IGNORE_INDEX
 from evaluation.metrics import f1_iou, foreground_mean, object_scores, pixel_counts
 from evaluation.overlap import TileInstance
 from evaluation.predict.writer import NODATA_CLASS
+from training.synthetic import LABELS_SUFFIX
 
 VECTOR_SUFFIXES = (".gpkg", ".parquet", ".geojson")
 
@@ -36,12 +38,14 @@ def label_path(labels: Path, scene_id: str) -> Path:
     labels = Path(labels)
     if labels.is_file():
         return labels
-    for stem in (scene_id, f"{scene_id}_labels", f"{scene_id}_label", f"{scene_id}.labels"):
-        for suffix in (".tif", *VECTOR_SUFFIXES):
-            if (labels / f"{stem}{suffix}").is_file():
-                return labels / f"{stem}{suffix}"
-    raise FileNotFoundError(f"--labels {labels}: no labels for scene {scene_id!r} ({scene_id}[.labels].tif or "
-                            f"{scene_id}{'/'.join(VECTOR_SUFFIXES)})")
+    # X.labels.tif first: it is unambiguous where --labels is the scenes' own folder (which holds X.tif itself)
+    stems = (scene_id, f"{scene_id}_labels", f"{scene_id}_label")
+    for name in (f"{scene_id}{LABELS_SUFFIX}", *(f"{stem}{suffix}" for stem in stems
+                                                for suffix in (".tif", *VECTOR_SUFFIXES))):
+        if (labels / name).is_file():
+            return labels / name
+    raise FileNotFoundError(f"--labels {labels}: no labels for scene {scene_id!r} ({scene_id}.tif, "
+                            f"{scene_id}{LABELS_SUFFIX} or {scene_id}{'/'.join(VECTOR_SUFFIXES)})")
 
 
 def vector_labels(path: Path, classes: tuple[str, ...], crs, transform, height: int, width: int
