@@ -478,7 +478,8 @@ def measure_e2e(n: int, source: str, out_dir: Path) -> dict:
     import pyarrow.parquet as pq
 
     from training.config import load_config
-    from training.curate.pipeline import MANIFEST_NAME, curate_candidates, dask_client
+    from training.curate.pipeline import MANIFEST_NAME, curate_candidates
+    from training.runtime import dask_client
 
     budget = int(n * E2E_BUDGET_SHARE)
     cfg = load_config(REPO / "training" / "configs" / "curate.yaml",

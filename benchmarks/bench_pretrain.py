@@ -49,10 +49,10 @@ from training.pack import pack
 from training.pretrain import (
     DistributedContext,
     _train_step,
-    cpu_supports_bf16,
     resolve_attention,
     set_attention,
 )
+from training.runtime import cpu_supports_bf16
 from training.shards import AugmentConfig, ShardDataset, ShardSampler
 
 MODEL_CFG = {"encoder": "arctic_mae_vit_small_patch16_224", "decoder_embed_dim": 256, "decoder_depth": 4,

@@ -49,6 +49,7 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.mae import MaskedAutoencoder, build_mae
+from training.runtime import cpu_supports_bf16
 from training.schedule import scaled_lr, warmup_cosine_factor, warmup_cosine_scheduler
 from training.schemas import PretrainConfig
 from training.shards import AugmentConfig, ShardDataset, ShardSampler
@@ -87,14 +88,6 @@ def setup_distributed(device_name: str = "auto") -> DistributedContext:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
-
-
-def cpu_supports_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -8,7 +8,6 @@ on task completion order, or on a worker dying mid-run (Dask re-runs its tasks e
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -29,6 +28,7 @@ from training.curate.metadata import catalog_row_for, load_catalog
 from training.curate.report import write_report
 from training.curate.select import duplicate_rows, select
 from training.curate.tiling import SceneResult, Source, discover, process_scene
+from training.runtime import dask_client
 
 if TYPE_CHECKING:
     from training.schemas import CurateConfig
@@ -39,29 +39,6 @@ CONTRACT_FILENAME = "corpus.json"  # must equal arctic_vit.corpus.CONTRACT_FILEN
 MANIFEST_NAME = "manifest.parquet"
 CACHE_VERSION = "2"
 MANIFEST_ROW_GROUP = 100_000  # rows per Parquet row group: readers (pack) stream the manifest group by group
-
-
-@contextlib.contextmanager
-def dask_client(dask_cfg: dict):
-    """'synchronous' -> None (run here); 'local' -> a LocalCluster; an address (tcp://...) -> a Client to it."""
-    scheduler = str(dask_cfg.get("scheduler") or "synchronous")
-    if scheduler in ("synchronous", "none", "sync"):
-        yield None
-        return
-    from distributed import Client, LocalCluster
-
-    if scheduler == "local":
-        cluster = LocalCluster(
-            n_workers=int(dask_cfg.get("n_workers", 2)), threads_per_worker=int(dask_cfg.get("threads_per_worker", 1)),
-            processes=True, memory_limit=dask_cfg.get("memory_limit", "2GiB"), dashboard_address=None,
-        )
-        with cluster, Client(cluster) as client:
-            yield client
-    elif "://" in scheduler:
-        with Client(scheduler) as client:
-            yield client
-    else:
-        raise ValueError(f"dask.scheduler must be 'local', 'synchronous' or an address (tcp://host:8786): {scheduler}")
 
 
 def _inputs(cfg: dict) -> list[str]:
