@@ -110,17 +110,9 @@ def _process_sources(sources: list[Source], cfg: dict, catalog: dict, out: Path,
 
 
 def ap_arguments(cfg: dict) -> dict:
-    """``cluster.ap`` of the config -> keyword arguments of ``hierarchical_ap`` (every key is required)."""
-    ap = cfg["cluster"]["ap"]
-    out = dict(preference=ap["preference"], quantile=float(ap["quantile"]), target_k=ap["target_k"])
-    for key in ("partition_size", "max_partition_size", "max_iter", "convergence_iter", "refine_iter",
-                "polish_rounds", "polish_group", "polish_fixed", "chunk_size"):
-        out[key] = int(ap[key])
-    for key in ("min_reduction", "damping"):
-        out[key] = float(ap[key])
-    for key in ("split", "merge"):
-        out[key] = bool(ap[key])
-    return out
+    """``cluster.ap`` of the config -> keyword arguments of ``hierarchical_ap`` (the same names, typed by
+    ``CurateConfig``: no casts here)."""
+    return dict(cfg["cluster"]["ap"])
 
 
 def _cluster(x: np.ndarray, cfg: dict, client) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], dict]:
