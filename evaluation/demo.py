@@ -101,7 +101,7 @@ SIZES = {
                       whole_archive=True, probe_scenes=4, probe_seeds=(0, 1, 2, 3, 4), finetune_epochs=2, seeds=(0,),
                       tasks=("iwp",), task_scenes=5, task_scene_px=512, coverage_fractions=(0.2, 0.4), map_scene=True,
                       real_budget=32, n_boot=200),
-    "default": DemoSize(scenes=12, scene_px=1024, chip_px=128, budget=320, pretrain_steps=600, pretrain_img=64,
+    "default": DemoSize(scenes=12, scene_px=1024, chip_px=128, budget=320, pretrain_steps=400, pretrain_img=64,
                         whole_archive=True, probe_scenes=6, probe_seeds=(0, 1, 2, 3, 4), finetune_epochs=8,
                         seeds=(0, 1, 2), tasks=("iwp", "rts"), task_scenes=10, task_scene_px=512,
                         coverage_fractions=(0.05, 0.1, 0.2, 0.3, 0.5), map_scene=True, real_budget=64,
