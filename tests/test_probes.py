@@ -202,3 +202,24 @@ def test_run_probes_refuses_bad_input(tiny_run, tmp_path):
         run_probes({**encoders, "eight_bit": other}, root / "archive", tmp_path, **kwargs)
     with pytest.raises(FileNotFoundError, match="no scene with a zone table"):
         run_probes(encoders, tmp_path, tmp_path / "out", **kwargs)
+
+
+def test_knn_interval_is_not_degenerate_when_every_seed_agrees():
+    """kNN has no randomness of its own: if every seed gives the same predictions the seed draw adds nothing, and the
+    interval must still come from resampling the test scenes (hierarchical: seeds x scenes), not collapse to a point.
+    Hand check: 4 scenes of 4 chips, 2 classes; scenes 0-1 all right, scenes 2-3 half right -> point 0.75."""
+    from evaluation.metrics import hierarchical_bootstrap
+    from evaluation.probes import _classification_statistic
+
+    truth = np.tile([0, 1, 0, 1], 4)
+    pred = truth.copy()
+    pred[8:16:2] = 1  # scenes 2 and 3: class-0 chips wrong
+    item = np.stack([truth, pred], axis=1)
+    groups = np.repeat([f"scene{i}" for i in range(4)], 4)
+    statistic = _classification_statistic(0, 2)
+    boot = hierarchical_bootstrap({"knn": [item] * 5, "ref": [np.stack([truth, truth], 1)] * 5}, statistic, groups,
+                                  reference="ref", n_boot=300)
+    assert boot["knn"]["value"] == pytest.approx(0.75)
+    assert boot["knn"]["ci_low"] < 0.75 < boot["knn"]["ci_high"]  # scene resampling moves it
+    assert boot["knn"]["ci_low"] >= 0.5 and boot["knn"]["ci_high"] == pytest.approx(1.0)
+    assert boot["knn"]["diff_ci_low"] < boot["knn"]["diff_ci_high"] <= 0
