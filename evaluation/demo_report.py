@@ -196,21 +196,26 @@ def probes_section(facts: dict, out: Path, rel) -> list[str]:
               f"{protocol.get('split')}); preprocessing: {protocol.get('preprocessing')}; intervals: "
               f"{protocol.get('intervals')}. Scene types scored: {classes.get('scene_types_scored')}.", "",
               "| probe | encoder | value [95 % CI] | Δ vs random subset [95 % CI] | seeds |", "|---|---|---|---|---|"]
+    null = probes.get("null_difference") or {}
+    null_name = null.get("what", "").split(":")[0]
+    null_rows = {metric: f"| {probes['metrics'].get(metric, metric)} | null ({null_name}) | – | {d['diff']:+.3f}"
+                         f"{_interval(*d['ci95'], '+.3f')} | – |"
+                 for metric, d in null.items() if isinstance(d, dict) and d.get("diff") is not None}
     for r in sorted(rows, key=lambda r: (r["probe"], _encoder_rank(r))):
         diff = r.get("diff_vs_random")
         delta = "–" if not isinstance(diff, dict) or diff.get("diff") is None else (
             f"{diff['diff']:+.3f}" + _interval(diff.get("ci_low"), diff.get("ci_high"), "+.3f"))
         lines.append(f"| {r['metric']} | {r['encoder']} | {_num(r.get('value'))}"
                      f"{_interval(r.get('ci_low'), r.get('ci_high'))} | {delta} | {r.get('n_seeds', '–')} |")
+        null_row = null_rows.get(r["probe"]) if r["encoder"] == probes.get("reference") else None
+        if null_row:
+            lines.append(null_row)
     if rows:
         chart = probe_chart(rows, out / "probes" / "probes.png")
         lines += ["", f"![probe bars]({rel(chart)})"]
-    null = probes.get("null_difference") or {}
-    if null:
-        lines += [f"- null (two random-init networks, {null.get('what', '').split(':')[0]}): " + "; ".join(
-            f"{metric} {d['diff']:+.3f}{_interval(*d['ci95'], '+.3f')}" for metric, d in null.items()
-            if isinstance(d, dict) and d.get("diff") is not None) + "; differences smaller than this are within "
-            "network-draw noise"]
+    if null_rows:
+        lines += [f"- null rows: {null.get('what', '')}; their Δ column is that difference, not one against the "
+                  "random subset"]
     absent = {k: v for k, v in classes.items() if k != "scene_types_scored" and v}
     lines += [f"- not averaged in: {k.replace('_', ' ')}: {v}" for k, v in absent.items()]
     return [*lines, ""]

@@ -120,3 +120,21 @@ def test_repository_readme_paper_cpu_block_is_generated():
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = text[text.index(README_START):text.index(README_END) + len(README_END)]
     assert block == readme_block(None)
+
+
+def test_probe_table_prints_the_null_row_under_the_random_init_reference(tmp_path):
+    from evaluation.demo_report import probes_section
+
+    probes = {"metrics": {"knn_balanced_accuracy": "kNN acc"}, "reference": "random_init",
+              "encoders": {name: {"knn_balanced_accuracy": {"mean": m, "ci95": [m - 0.1, m + 0.1], "per_seed": [m]}}
+                           for name, m in (("curated", 0.6), ("random", 0.5), ("random_init", 0.3))},
+              "differences": {"knn_balanced_accuracy": {"curated - random": {"diff": 0.1, "ci95": [0.0, 0.2]}}},
+              "null_difference": {"what": "random_init_2 - random_init: two random-init networks",
+                                  "knn_balanced_accuracy": {"diff": -0.02, "ci95": [-0.05, 0.01]}},
+              "protocol": {"archive": str(tmp_path / "probe_archive")}, "classes": {}}
+    (tmp_path / "probes").mkdir()
+    lines = probes_section({"probes": probes, "skipped": []}, tmp_path, lambda p: p)
+    table = [line for line in lines if line.startswith("| kNN acc")]
+    assert [line.split(" | ")[1] for line in table] == ["curated", "random", "random_init",
+                                                       "null (random_init_2 - random_init)"]
+    assert table[-1] == "| kNN acc | null (random_init_2 - random_init) | – | -0.020 [-0.050, +0.010] | – |"
