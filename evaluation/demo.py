@@ -59,7 +59,9 @@ class DemoSize:
     pretrain_steps: int  # the same for every pool (whole archive included): steps, not epochs
     pretrain_img: int
     whole_archive: bool  # also pretrain on every accepted chip
-    probe_scenes: int  # held-out probe archive (same profile, another seed)
+    probe_scenes: int  # held-out probe archive (same profile, another seed): scenes of probe_scene_px
+    probe_scene_px: int  # small scenes, many of them: the intervals resample scenes
+    probe_zone_px: int  # zone size of the probe scenes (zones per scene as in the pretraining archive)
     probe_seeds: tuple[int, ...]
     finetune_epochs: int
     seeds: tuple[int, ...]  # finetuning seeds
@@ -79,6 +81,8 @@ class DemoSize:
             "pretrain_steps": self.pretrain_steps >= 1 and self.pretrain_steps % (self.budget // PRETRAIN_BATCH) == 0,
             "pretrain_img": self.pretrain_img % 16 == 0 and self.pretrain_img <= self.chip_px,
             "probe_scenes": self.probe_scenes >= 2, "probe_seeds": len(self.probe_seeds) >= 5,
+            "probe_scene_px": self.probe_scene_px >= self.chip_px and self.probe_scene_px % self.probe_zone_px == 0,
+            "probe_zone_px": self.probe_zone_px >= 64,
             "finetune_epochs": self.finetune_epochs >= 1, "seeds": len(self.seeds) >= 1,
             "tasks": bool(self.tasks) and set(self.tasks) <= {"iwp", "rts", "tcn", "infrastructure"},
             "task_scenes": self.task_scenes >= 5, "task_scene_px": self.task_scene_px >= 512,
@@ -98,16 +102,19 @@ class DemoSize:
 
 SIZES = {
     "quick": DemoSize(scenes=4, scene_px=768, chip_px=128, budget=48, pretrain_steps=12, pretrain_img=64,
-                      whole_archive=True, probe_scenes=4, probe_seeds=(0, 1, 2, 3, 4), finetune_epochs=2, seeds=(0,),
+                      whole_archive=True, probe_scenes=8, probe_scene_px=512, probe_zone_px=128,
+                      probe_seeds=(0, 1, 2, 3, 4), finetune_epochs=2, seeds=(0,),
                       tasks=("iwp",), task_scenes=5, task_scene_px=512, coverage_fractions=(0.2, 0.4), map_scene=True,
                       real_budget=32, n_boot=200),
     "default": DemoSize(scenes=12, scene_px=1024, chip_px=128, budget=320, pretrain_steps=400, pretrain_img=64,
-                        whole_archive=True, probe_scenes=6, probe_seeds=(0, 1, 2, 3, 4), finetune_epochs=8,
+                        whole_archive=True, probe_scenes=24, probe_scene_px=512, probe_zone_px=128,
+                        probe_seeds=(0, 1, 2, 3, 4), finetune_epochs=8,
                         seeds=(0, 1, 2), tasks=("iwp", "rts"), task_scenes=10, task_scene_px=512,
                         coverage_fractions=(0.05, 0.1, 0.2, 0.3, 0.5), map_scene=True, real_budget=64,
                         n_boot=500),
     "paper-cpu": DemoSize(scenes=48, scene_px=1024, chip_px=128, budget=960, pretrain_steps=4200, pretrain_img=64,
-                          whole_archive=True, probe_scenes=16, probe_seeds=tuple(range(10)), finetune_epochs=15,
+                          whole_archive=True, probe_scenes=64, probe_scene_px=512,
+                          probe_zone_px=128, probe_seeds=tuple(range(10)), finetune_epochs=15,
                           seeds=(0, 1, 2), tasks=("iwp", "rts", "tcn", "infrastructure"), task_scenes=20,
                           task_scene_px=512, coverage_fractions=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5), map_scene=True,
                           real_budget=64, n_boot=1000),
@@ -131,12 +138,14 @@ class StageTimer:
         self._start = now
 
 
-def make_archive(folder: Path, size: DemoSize, n_scenes: int, seed: int) -> Path:
+def make_archive(folder: Path, n_scenes: int, scene_px: int, seed: int, zone_px: int = 256) -> Path:
     """A seeded synthetic archive of the ``arctic`` profile (scene-type tables, label rasters) -> its folder."""
     from training.synthetic import generate_archive
 
-    paths = generate_archive(folder, n_scenes=n_scenes, size=size.scene_px, seed=seed, labels=True, profile="arctic")
-    log(f"archive: {len(paths)} synthetic 11-bit BGRN scenes of {size.scene_px} px (profile arctic) in {folder}")
+    paths = generate_archive(folder, n_scenes=n_scenes, size=scene_px, seed=seed, labels=True, profile="arctic",
+                             zone_size=zone_px)
+    log(f"archive: {len(paths)} synthetic 11-bit BGRN scenes of {scene_px} px, {zone_px}-px zones (profile arctic) "
+        f"in {folder}")
     return folder
 
 
@@ -368,7 +377,8 @@ def probe_stage(exports: dict[str, Path], out: Path, size: DemoSize, seed: int) 
     """Frozen-encoder probes of every pool's encoder and random init on a held-out archive of the same profile."""
     from evaluation.probes import run_probes
 
-    archive = make_archive(out / "probe_archive", size, size.probe_scenes, seed + 2000)
+    archive = make_archive(out / "probe_archive", size.probe_scenes, size.probe_scene_px, seed + 2000,
+                           size.probe_zone_px)
     encoders: dict[str, Path | None] = {**exports, REFERENCE: None}
     return run_probes(encoders, archive, out / "probes", seeds=size.probe_seeds, chip_px=size.chip_px, device="cpu",
                       n_boot=size.n_boot)
@@ -434,7 +444,7 @@ def run_demo(out: Path, size_name: str = "default", seed: int = 0, archive: Path
         source, input_desc, chip_px = archive, f"scene archive {archive}", size.chip_px
         skipped += ["probes (they need the generator's scene-type tables)", "whole-scene mapping"]
     else:
-        source = make_archive(out / "archive", size, size.scenes, seed)
+        source = make_archive(out / "archive", size.scenes, size.scene_px, seed)
         input_desc, chip_px = "seeded synthetic scene archive (training.synthetic, profile arctic)", size.chip_px
     timer.lap("archive")
 

@@ -31,6 +31,8 @@ def test_bad_size_names_the_key_and_check_exits_early(capsys):
         bad.validate("bad")
     with pytest.raises(ValueError, match="invalid probe_seeds"):
         dataclasses.replace(SIZES["quick"], probe_seeds=(0, 1)).validate("bad")
+    with pytest.raises(ValueError, match="invalid probe_scene_px"):
+        dataclasses.replace(SIZES["quick"], probe_scene_px=500).validate("bad")  # not a whole number of zones
     assert main(["--size", "paper-cpu", "--check"]) == 0
     assert '"budget": 960' in capsys.readouterr().out
 
