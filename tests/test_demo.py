@@ -143,3 +143,25 @@ def test_export_reloads_through_plain_timm(demo):
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.stdout.startswith("ok 4"), done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_paper_cpu_code_path_smoke(tmp_path, monkeypatch):
+    """paper-cpu's own code path (four tasks, ten probe seeds, its coverage fractions, the whole-archive pool) at
+    quick-size numbers, end to end; its summary renders the README block."""
+    import dataclasses
+
+    from evaluation.demo_report import readme_block
+
+    paper = SIZES["paper-cpu"]
+    small = dataclasses.replace(paper, scenes=4, scene_px=768, budget=48, pretrain_steps=12, probe_scenes=8,
+                                finetune_epochs=1, seeds=(0,), task_scenes=5, n_boot=100)
+    small.validate("paper-cpu smoke")
+    monkeypatch.setitem(SIZES, "paper-cpu", small)
+    run_demo(tmp_path, "paper-cpu", seed=0)
+    facts = json.loads((tmp_path / "summary.json").read_text())
+    assert facts["size"] == "paper-cpu"
+    assert set(facts["evaluation"]) == {f"synthetic_{t}_semantic" for t in paper.tasks}
+    assert len(facts["probes"]["protocol"]["seeds"]) == len(paper.probe_seeds)
+    block = readme_block(facts)
+    assert block.count("| finetuning ") == len(paper.tasks) and "Not yet run" not in block
