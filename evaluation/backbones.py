@@ -52,7 +52,7 @@ IMAGENET_MODELS = {
 PRITHVI_HUB = ("ibm-nasa-geospatial/Prithvi-EO-2.0-300M", "Prithvi_EO_V2_300M.pt")
 BACKBONES: tuple[str, ...] = (
     *(f"arctic_mae_vit_{s}" for s in SIZES), *IMAGENET_MODELS, "prithvi_eo2_300m", *(f"random_vit_{s}" for s in SIZES),
-    "dinov3_vit_large_sat",  # evaluation.external_backbones
+    "dinov3_vit_large_sat", "scalemae_vit_large_fmow",  # evaluation.external_backbones
 )
 
 
@@ -128,7 +128,7 @@ def build_backbone(
     if normalization not in ("native", "zscore"):
         raise ValueError(f"normalization must be 'native' or 'zscore', got {normalization!r}")
     weights = "none" if weights is None else str(weights)
-    if name == "dinov3_vit_large_sat":
+    if name in ("dinov3_vit_large_sat", "scalemae_vit_large_fmow"):
         from evaluation.external_backbones import build_external
 
         return build_external(name, card, img_size, weights, normalization, dataset_stats, arch, rgb_bands)

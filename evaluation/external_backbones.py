@@ -1,4 +1,4 @@
-"""Stronger external baselines, loaded only from local files (never a download): DINOv3 ViT-L SAT.
+"""Stronger external baselines, loaded only from local files (never a download): DINOv3 ViT-L SAT, Scale-MAE ViT-L.
 
 ``dinov3_vit_large_sat``: DINOv3 ViT-L/16 distilled on SAT-493M (Simeoni et al. 2025, arXiv:2508.10104; Maxar
 ~0.6 m RGB), timm ``vit_large_patch16_dinov3.sat493m`` (an ``Eva``: RoPE, 4 register tokens + class token,
@@ -13,11 +13,20 @@ Input: the dataset's red, green, blue (``rgb_bands``) in that order. Native norm
 (2**bit_depth - 1)); the headline protocol is the train-split z-score, as for every backbone.
 ``forward_intermediates`` of timm's ``Eva`` drops the 5 prefix tokens and returns (N, D, H/16, W/16) maps, so the
 pyramid in ``arctic_vit.pyramid`` works unchanged.
+
+``scalemae_vit_large_fmow``: Scale-MAE ViT-L/16 (Reed et al. 2023, arXiv:2212.14532) pretrained on fMoW RGB
+(WorldView-2/3 and other sub-metre imagery): torchgeo's ``ScaleMAE`` with the ``scalemae_large_patch16`` settings
+(torchgeo is the ``terratorch`` extra, not a core dependency: a clear error without it). Weights (CC-BY-NC 4.0 per
+upstream) only from ``weights=PATH``, the ``.pth`` that torchgeo's ``ScaleMAELarge16_Weights.FMOW_RGB`` points at
+(timm layout); ``weights="hub"`` is refused (it would download). Input: red, green, blue; native statistics
+are torchgeo's transforms for these weights (DN / 255, then ImageNet mean/std), here on DN / (2**bit_depth - 1).
+The GSD position embedding uses torchgeo's default ``res=1.0`` (recomputed per input size: any ``img_size``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import timm
@@ -29,7 +38,9 @@ from evaluation.datasets.card import DatasetCard
 
 DINOV3_SAT = "dinov3_vit_large_sat"
 DINOV3_SAT_MODEL = "vit_large_patch16_dinov3.sat493m"
-EXTERNAL_BACKBONES: tuple[str, ...] = (DINOV3_SAT,)
+SCALEMAE = "scalemae_vit_large_fmow"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+EXTERNAL_BACKBONES: tuple[str, ...] = (DINOV3_SAT, SCALEMAE)
 HF_FILENAME = "model.safetensors"
 
 
@@ -88,6 +99,42 @@ def dinov3_encoder(img_size: int, weights: str, arch: str | None = None) -> nn.M
     return encoder
 
 
+def scalemae_encoder(img_size: int, weights: str, arch_dims: dict | None = None) -> nn.Module:
+    """Scale-MAE ViT/16 (torchgeo ``ScaleMAE``, ``num_classes=0``) over RGB; ``weights`` none | a local ``.pth``.
+
+    ``arch_dims`` (embed_dim, depth, num_heads) shrinks it for CPU tests; default ViT-L (1024, 24, 16).
+    """
+    try:
+        from torchgeo.models.scale_mae import ScaleMAE
+    except ImportError as error:
+        raise ImportError(f"{SCALEMAE} needs torchgeo (pip install 'arctic-vit[terratorch]'): {error}") from None
+    if weights == "hub":
+        raise ValueError(f"{SCALEMAE}: weights='hub' would download; pass weights=PATH to the fMoW RGB .pth")
+    dims = arch_dims or dict(embed_dim=1024, depth=24, num_heads=16)  # torchgeo's scalemae_large_patch16
+    encoder = ScaleMAE(img_size=img_size, patch_size=16, mlp_ratio=4, qkv_bias=True, num_classes=0,
+                       norm_layer=partial(nn.LayerNorm, eps=1e-6), **dims)
+    if weights != "none":
+        path = Path(weights)
+        state = {k: v for k, v in read_state_dict(path).items() if k != "pos_embed"}  # recomputed from the GSD
+        missing, unexpected = encoder.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k != "pos_embed"]
+        stray = [k for k in unexpected if not k.startswith(("head", "fc_norm", "decoder", "mask_token"))]
+        if missing or stray:
+            raise ValueError(f"{path}: not a Scale-MAE ViT checkpoint of this shape (missing {missing[:4]}, "
+                             f"unexpected {stray[:4]})")
+    encoder.pretrained_cfg = {"architecture": "scalemae_vit_patch16", "bands": ("red", "green", "blue"),
+                              "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "license": "cc-by-nc-4.0"}
+    return encoder
+
+
+def _arch_dims(arch: str | None) -> dict | None:
+    """A timm ViT name -> its (embed_dim, depth, num_heads), the shape a tiny Scale-MAE takes in CPU tests."""
+    if not arch:
+        return None
+    shape = timm.create_model(arch, pretrained=False, num_classes=0)
+    return dict(embed_dim=shape.embed_dim, depth=len(shape.blocks), num_heads=shape.blocks[0].attn.num_heads)
+
+
 def build_external(
     name: str, card: DatasetCard, img_size: int, weights: str, normalization: str,
     dataset_stats: dict[str, Sequence[float]] | None, arch: str | None, rgb_bands: Sequence[str],
@@ -95,11 +142,16 @@ def build_external(
     """The ``evaluation.backbones.Backbone`` for an external option (dispatched from ``build_backbone``)."""
     from evaluation.backbones import _with_normalization, band_indices
 
-    if name != DINOV3_SAT:
+    if name not in EXTERNAL_BACKBONES:
         raise ValueError(f"unknown external backbone {name!r}; valid: {', '.join(EXTERNAL_BACKBONES)}")
     indices = band_indices(card, tuple(rgb_bands), name)
-    encoder = dinov3_encoder(img_size, weights, arch)
+    if name == DINOV3_SAT:
+        encoder = dinov3_encoder(img_size, weights, arch)
+        note = (f"DINOv3 SAT-493M (gated DINOv3 License); {encoder.num_prefix_tokens} prefix tokens dropped by "
+                "forward_intermediates")
+    else:
+        encoder = scalemae_encoder(img_size, weights, _arch_dims(arch))
+        note = "Scale-MAE fMoW RGB via torchgeo (CC-BY-NC 4.0), GSD position embedding at res=1.0"
     backbone = _with_normalization(name, encoder, indices, card, normalization, dataset_stats, weights)
-    backbone.notes = (f"DINOv3 SAT-493M (gated DINOv3 License); {encoder.num_prefix_tokens} prefix tokens "
-                      "dropped by forward_intermediates",)
+    backbone.notes = (note,)
     return backbone

@@ -104,3 +104,36 @@ def test_dinov3_missing_file_and_uncached_hub_are_clear_errors_without_network(t
         build_backbone("dinov3_vit_large_sat", _card(), 32, weights="hub")
     with pytest.raises(ValueError, match="needs band"):
         build_backbone("dinov3_vit_large_sat", _card(("nir", "green", "red")), 32, weights="none", arch=TINY)
+
+
+def test_scalemae_is_fed_rgb_with_imagenet_statistics_and_feeds_the_head():
+    pytest.importorskip("torchgeo")
+    assert "scalemae_vit_large_fmow" in BACKBONES
+    backbone = build_backbone("scalemae_vit_large_fmow", _card(), 32, weights="none", arch="vit_tiny_patch16_224")
+    assert backbone.input_bands == ("red", "green", "blue") and backbone.band_indices == (2, 1, 0)
+    dn = torch.tensor([2047.0, 1023.5, 0.0, 7.0]).view(1, 4, 1, 1).expand(1, 4, 32, 32)
+    # torchgeo's FMOW_RGB transforms: /255 then ImageNet mean/std (here on DN / 2047)
+    expected = (torch.tensor([0.0, 0.5, 1.0]) - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor(
+        [0.229, 0.224, 0.225])
+    torch.testing.assert_close(backbone.prepare(dn)[0, :, 0, 0], expected)
+    model = SemanticSegmentationModel(backbone, num_classes=3, pyramid_channels=16, decoder_channels=16)
+    assert model(backbone.prepare(torch.rand(2, 4, 32, 32) * 2047)).shape == (2, 3, 32, 32)
+
+
+def test_scalemae_local_file_round_trip_and_no_hub(tmp_path):
+    pytest.importorskip("torchgeo")
+    source = build_backbone("scalemae_vit_large_fmow", _card(), 32, weights="none", arch="vit_tiny_patch16_224").encoder
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    path = tmp_path / "vit_large_patch16_224_fmow_rgb_scalemae.pth"
+    torch.save({k: v.clone() for k, v in source.state_dict().items()}, path)  # torchgeo's file: a flat timm dict
+    target = build_backbone("scalemae_vit_large_fmow", _card(), 32, weights=str(path),
+                            arch="vit_tiny_patch16_224").encoder
+    x = torch.randn(1, 3, 32, 32)
+    source.eval(), target.eval()
+    torch.testing.assert_close(target.forward_features(x), source.forward_features(x))
+    with pytest.raises(ValueError, match="would download"):
+        build_backbone("scalemae_vit_large_fmow", _card(), 32, weights="hub")
+    with pytest.raises(FileNotFoundError, match=r"absent\.pth"):
+        build_backbone("scalemae_vit_large_fmow", _card(), 32, weights=str(tmp_path / "absent.pth"))
