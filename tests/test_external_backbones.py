@@ -8,7 +8,7 @@ import torch
 
 from evaluation.backbones import BACKBONES, build_backbone
 from evaluation.datasets.card import card_from_dict
-from evaluation.models import SemanticSegmentationModel
+from evaluation.models import SemanticSegmentationModel, param_groups
 
 TINY = "vit_small_patch16_dinov3"  # the DINOv3 family at ViT-S size: CPU-sized, same code path
 STATS = {"mean": [300.0, 400.0, 500.0, 600.0], "std": [50.0, 60.0, 70.0, 80.0]}
@@ -67,6 +67,13 @@ def test_dinov3_feeds_the_pyramid_head_without_prefix_tokens():
     model = SemanticSegmentationModel(backbone, num_classes=3, pyramid_channels=16, decoder_channels=16)
     logits = model(backbone.prepare(torch.rand(2, 4, 32, 32) * 2047))
     assert logits.shape == (2, 3, 32, 32)
+    groups = param_groups(model, backbone.encoder, weight_decay=0.05, layer_decay=0.75)  # what finetune trains
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert id(backbone.encoder.reg_token) in no_decay and id(backbone.encoder.cls_token) in no_decay
+    scales = {g["lr_scale"] for g in groups}
+    assert min(scales) == pytest.approx(0.75 ** (len(backbone.encoder.blocks) + 1))  # patch embed: deepest decay
 
 
 @pytest.mark.parametrize("layout", ["timm", "meta"])
