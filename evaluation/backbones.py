@@ -11,6 +11,8 @@ Names (``BACKBONES``):
   every band with timm's RGB-kernel tiling (off by default: torchgeo-bench measured it regressing 16 of 17 cells).
 - ``prithvi_eo2_300m``: Prithvi-EO-2.0-300M from its official checkpoint (``evaluation.prithvi``).
 - ``random_vit_{tiny,small,base,large}``: the arctic architecture, random init.
+- ``dinov3_vit_large_sat`` (DINOv3 ViT-L SAT-493M, Maxar RGB) and ``scalemae_vit_large_fmow`` (torchgeo Scale-MAE
+  ViT-L/16, fMoW RGB): optional stronger baselines from local weights only (``evaluation.external_backbones``).
 
 Weights (``weights=``): ``"hub"`` (the pinned published weights; the only option that may download), ``"none"``
 (random init of the same architecture: what the tests use), or a local path (an export folder, a checkpoint file, or

@@ -403,12 +403,12 @@ def task_label_raster(labels: Path, task: str, out: Path) -> Path:
 def map_stage(model_dir: Path, task: str, out: Path, size: DemoSize, seed: int) -> dict[str, Any]:
     """Map one fresh labelled scene (never seen in training or scoring) with a finetuned model folder."""
     from evaluation.predict import map_scene_for_report
-    from training.synthetic import generate_archive
+    from training.synthetic import LABELS_SUFFIX, generate_archive
 
     scene = generate_archive(out / "map_scene" / "scene", n_scenes=1, size=size.scene_px, seed=seed + 3000,
                              labels=True)[0]
-    labels = task_label_raster(scene.with_name(scene.stem + ".labels.tif"), task,
-                               out / "map_scene" / "labels" / f"{scene.stem}.labels.tif")
+    labels = task_label_raster(scene.with_name(scene.stem + LABELS_SUFFIX), task,
+                               out / "map_scene" / "labels" / f"{scene.stem}{LABELS_SUFFIX}")
     target = out / "map_scene" / "map"
     if target.exists():  # an earlier demo run's map (another model: this run retrained it)
         shutil.rmtree(target)

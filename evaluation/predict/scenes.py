@@ -22,7 +22,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from arctic_vit.bands import CANONICAL_BANDS
-from training.curate.metadata import read_acquisition, vendor_sidecar  # sidecar: the scene's own or its tiled product's
+from training.curate.metadata import MAXAR_BAND_GROUPS, read_acquisition, vendor_sidecar
 from training.synthetic import LABELS_SUFFIX
 
 SCENE_SUFFIXES = (".tif", ".tiff")
@@ -72,7 +72,7 @@ def imd_band_names(path: Path) -> tuple[str, ...]:
         imd = path.with_suffix(suffix)
         if imd.is_file():
             groups = _IMD_BAND_GROUP.findall(imd.read_text(errors="replace"))
-            return tuple(canonical_band(g) or f"?{g}" for g in groups)
+            return tuple(MAXAR_BAND_GROUPS.get(f"BAND_{g.upper()}") or f"?{g}" for g in groups)
     return ()
 
 
