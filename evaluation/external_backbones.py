@@ -34,6 +34,7 @@ import torch
 from timm.models import get_pretrained_cfg
 from torch import nn
 
+from arctic_vit.weights import load_checkpoint
 from evaluation.datasets.card import DatasetCard
 
 DINOV3_SAT = "dinov3_vit_large_sat"
@@ -49,12 +50,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)
     for wrapper in ("model", "state_dict", "teacher"):
         if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
             state = state[wrapper]
