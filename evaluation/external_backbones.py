@@ -20,7 +20,8 @@ pyramid in ``arctic_vit.pyramid`` works unchanged.
 upstream) only from ``weights=PATH``, the ``.pth`` that torchgeo's ``ScaleMAELarge16_Weights.FMOW_RGB`` points at
 (timm layout); ``weights="hub"`` is refused (it would download). Input: red, green, blue; native statistics
 are torchgeo's transforms for these weights (DN / 255, then ImageNet mean/std), here on DN / (2**bit_depth - 1).
-The GSD position embedding uses torchgeo's default ``res=1.0`` (recomputed per input size: any ``img_size``).
+The GSD position embedding takes the card's ``gsd_m`` as torchgeo's ``res`` (metres; 1.0 when the card has none),
+recomputed per input size: any ``img_size``.
 """
 
 from __future__ import annotations
@@ -95,8 +96,13 @@ def dinov3_encoder(img_size: int, weights: str, arch: str | None = None) -> nn.M
     return encoder
 
 
-def scalemae_encoder(img_size: int, weights: str, arch_dims: dict | None = None) -> nn.Module:
+def scalemae_encoder(
+    img_size: int, weights: str, arch_dims: dict | None = None, gsd_m: float | None = None
+) -> nn.Module:
     """Scale-MAE ViT/16 (torchgeo ``ScaleMAE``, ``num_classes=0``) over RGB; ``weights`` none | a local ``.pth``.
+
+    ``gsd_m``: the input's ground sample distance, torchgeo's ``res`` ("spatial resolution of the image in meters"),
+    which scales the GSD position embedding; None keeps torchgeo's default 1.0 (said so in the backbone's notes).
 
     ``arch_dims`` (embed_dim, depth, num_heads) shrinks it for CPU tests; default ViT-L (1024, 24, 16).
     """
@@ -107,7 +113,8 @@ def scalemae_encoder(img_size: int, weights: str, arch_dims: dict | None = None)
     if weights == "hub":
         raise ValueError(f"{SCALEMAE}: weights='hub' would download; pass weights=PATH to the fMoW RGB .pth")
     dims = arch_dims or dict(embed_dim=1024, depth=24, num_heads=16)  # torchgeo's scalemae_large_patch16
-    encoder = ScaleMAE(img_size=img_size, patch_size=16, mlp_ratio=4, qkv_bias=True, num_classes=0,
+    encoder = ScaleMAE(res=1.0 if gsd_m is None else float(gsd_m),
+                       img_size=img_size, patch_size=16, mlp_ratio=4, qkv_bias=True, num_classes=0,
                        norm_layer=partial(nn.LayerNorm, eps=1e-6), **dims)
     if weights != "none":
         path = Path(weights)
@@ -146,8 +153,9 @@ def build_external(
         note = (f"DINOv3 SAT-493M (gated DINOv3 License); {encoder.num_prefix_tokens} prefix tokens dropped by "
                 "forward_intermediates")
     else:
-        encoder = scalemae_encoder(img_size, weights, _arch_dims(arch))
-        note = "Scale-MAE fMoW RGB via torchgeo (CC-BY-NC 4.0), GSD position embedding at res=1.0"
+        encoder = scalemae_encoder(img_size, weights, _arch_dims(arch), card.gsd_m)
+        res = "the card's gsd_m" if card.gsd_m is not None else "torchgeo's default (card has no gsd_m)"
+        note = f"Scale-MAE fMoW RGB via torchgeo (CC-BY-NC 4.0), GSD position embedding at res={encoder.res} m ({res})"
     backbone = _with_normalization(name, encoder, indices, card, normalization, dataset_stats, weights)
     backbone.notes = (note,)
     return backbone

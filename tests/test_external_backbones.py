@@ -144,3 +144,18 @@ def test_scalemae_local_file_round_trip_and_no_hub(tmp_path):
         build_backbone("scalemae_vit_large_fmow", _card(), 32, weights="hub")
     with pytest.raises(FileNotFoundError, match=r"absent\.pth"):
         build_backbone("scalemae_vit_large_fmow", _card(), 32, weights=str(tmp_path / "absent.pth"))
+
+
+def test_scalemae_position_embedding_takes_the_card_gsd():
+    """torchgeo's ``res`` is the input GSD in metres: a 0.5 m card gives res 0.5 and a different embedding than 1 m."""
+    pytest.importorskip("torchgeo")
+    half = card_from_dict({"name": "t", "format": "raster_pairs", "root": "/nonexistent", "bit_depth": 11,
+                           "classes": ["background", "a"], "bands": ["blue", "green", "red"], "gsd_m": 0.5})
+    coarse = build_backbone("scalemae_vit_large_fmow", half, 32, weights="none", arch="vit_tiny_patch16_224")
+    default = build_backbone("scalemae_vit_large_fmow", _card(), 32, weights="none", arch="vit_tiny_patch16_224")
+    assert coarse.encoder.res == 0.5 and default.encoder.res == 1.0
+    assert "res=0.5 m" in coarse.notes[0] and "no gsd_m" in default.notes[0]
+    tokens = torch.zeros(1, 4, coarse.encoder.embed_dim)
+    with torch.no_grad():
+        coarse.encoder.cls_token.zero_(), default.encoder.cls_token.zero_()
+        assert not torch.allclose(coarse.encoder._pos_embed(tokens), default.encoder._pos_embed(tokens))
