@@ -88,7 +88,7 @@ def _process_sources(sources: list[Source], cfg: dict, catalog: dict, out: Path,
             todo.append((i, source, row, key))
     if len(sources) - len(todo):
         log.info("skipping %d finished scenes (cached)", len(sources) - len(todo))
-    bar = tqdm(total=len(todo), desc="scenes", unit="scene", disable=not cfg.get("progress", True))
+    bar = tqdm(total=len(todo), desc="scenes", unit="scene", disable=not cfg["progress"])
     if client is None:
         for i, source, row, key in todo:
             results[i] = process_scene(source, cfg, row)
@@ -118,12 +118,12 @@ def ap_arguments(cfg: dict) -> dict:
 def _cluster(x: np.ndarray, cfg: dict, client) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], dict]:
     from tqdm.auto import tqdm
 
-    method = cfg["cluster"].get("method", "ap")
-    seed = int(cfg.get("seed", 0))
+    method = cfg["cluster"]["method"]
+    seed = int(cfg["seed"])
     t0 = time.perf_counter()
     if method == "ap":
         bar = tqdm(desc="affinity propagation (items over all levels)", unit="item",
-                   disable=not cfg.get("progress", True))
+                   disable=not cfg["progress"])
         result = hierarchical_ap(x, **ap_arguments(cfg), seed=seed, client=client, progress=bar.update)
         bar.close()
         info = dict(method="ap", preference=result.preference, stop_reason=result.stop_reason, levels=result.levels)
@@ -154,7 +154,7 @@ def run_curation(cfg: dict[str, Any] | CurateConfig) -> Path:
     if not sources:
         raise FileNotFoundError(f"no input files matching {cfg['input']['patterns']} under {inputs}")
     catalog = load_catalog(cfg["input"].get("catalog"))
-    with dask_client(cfg.get("dask", {})) as client:
+    with dask_client(cfg["dask"]) as client:
         t0 = time.perf_counter()
         results = _process_sources(sources, cfg, catalog, out, client)
         t_tiles = time.perf_counter() - t0
@@ -200,7 +200,7 @@ def curate_candidates(
     D) float32 descriptors of the accepted rows in manifest order. ``client``: a ``distributed.Client`` or None.
     """
     t_start = time.perf_counter() if t_start is None else t_start
-    seed = int(cfg.get("seed", 0))
+    seed = int(cfg["seed"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     accepted = np.flatnonzero(manifest["reject_reason"].isna().to_numpy())
@@ -219,7 +219,7 @@ def curate_candidates(
     manifest.loc[accepted[bad & keep], "reject_reason"] = "invalid_descriptor: non-finite values"
     keep &= ~bad
     accepted, raw = accepted[keep], raw[keep]
-    if cfg["select"].get("dedup", True) and len(raw):
+    if cfg["select"]["dedup"] and len(raw):
         pixel_part = raw[:, : len(DESCRIPTOR_NAMES) - len(METADATA_NAMES)]  # same pixels, whatever the metadata
         dup = duplicate_rows(content_keys(manifest["content_hash"].iloc[accepted], pixel_part))
         manifest.loc[accepted[dup], "reject_reason"] = "duplicate"
@@ -229,7 +229,7 @@ def curate_candidates(
     labels, exemplars, level_labels, cluster_info = (
         _cluster(x, cfg, client) if len(x) else (np.zeros(0, int), np.zeros(0, int), [], {"method": "none"})
     )
-    within = cfg["select"].get("within", "closest")
+    within = cfg["select"]["within"]
     budget = int(cfg["select"]["budget"])
     if budget >= len(x):
         log.warning("select.budget=%d >= %d candidate chips: all of them are selected", budget, len(x))
@@ -254,8 +254,8 @@ def curate_candidates(
                 cluster=cluster_info, budget=budget, within=within,
                 budget_covers_all_candidates=bool(budget >= len(x)),
                 corpus=None if contract is None else contract.to_dict())
-    write_report(out, manifest, x, info, figures=bool(cfg.get("report", {}).get("figures", True)),
-                 mosaic_clusters=int(cfg.get("report", {}).get("mosaic_clusters", 8)), seed=seed)
+    write_report(out, manifest, x, info, figures=bool(cfg["report"]["figures"]),
+                 mosaic_clusters=int(cfg["report"]["mosaic_clusters"]), seed=seed)
     return manifest_path
 
 

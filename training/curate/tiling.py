@@ -81,7 +81,7 @@ def chip_windows(height: int, width: int, chip_size: int, stride: int) -> list[t
 
 def _band_names(src, is_image: bool, cfg: dict) -> list[str]:
     if is_image:
-        names = str(cfg["input"].get("chip_bands", "nir,green,red")).split(",")
+        names = str(cfg["input"]["chip_bands"]).split(",")
         if len(names) == src.count:
             return names
     descriptions = [str(d).lower() if d else "" for d in src.descriptions]
@@ -94,7 +94,7 @@ def _band_names(src, is_image: bool, cfg: dict) -> list[str]:
 def _bit_depth(src, is_image: bool, cfg: dict) -> int:
     """Configured, else 8 for uint8, the file's BIT_DEPTH/NBITS tag, 0 (unknown) for float rasters, else
     ``input.uint16_bit_depth``."""
-    configured = cfg["input"].get("bit_depth", "auto")
+    configured = cfg["input"]["bit_depth"]
     if configured not in (None, "auto"):
         return int(configured)
     if src.dtypes[0] == "uint8":
@@ -109,7 +109,7 @@ def pixel_scale(cfg: dict, floating: bool, bit_depth: int) -> float:
     """``input.scale``: 'auto' -> ``2**bit_depth - 1`` when the bit depth is known (integer DNs, a float raster
     with a BIT_DEPTH tag or a configured ``input.bit_depth``), 1.0 for a float raster without one (0-1 reflectance,
     never rescaled as if it were 11-bit DNs); a positive number -> pixel values are divided by it."""
-    configured = cfg["input"].get("scale", "auto")
+    configured = cfg["input"]["scale"]
     if configured not in (None, "auto"):
         return float(configured)
     return 1.0 if floating and bit_depth == 0 else float(2**bit_depth - 1)
@@ -138,7 +138,7 @@ def process_scene(source: Source, cfg: dict, catalog_row: dict | None = None) ->
 
     ``tiling.gdal_threads`` > 1 lets GDAL decode the blocks of one strip read in parallel (GDAL_NUM_THREADS).
     """
-    threads = int(cfg["tiling"].get("gdal_threads", 1))
+    threads = int(cfg["tiling"]["gdal_threads"])
     with rasterio.Env(GDAL_NUM_THREADS=str(threads)) if threads > 1 else contextlib.nullcontext():
         return _process_scene(source, cfg, catalog_row)
 
@@ -157,7 +157,7 @@ def _process_scene(source: Source, cfg: dict, catalog_row: dict | None) -> Scene
     except (RasterioError, OSError) as err:
         return _source_reject(source, f"unreadable: {_short(err)}")
     with src:
-        allowed = [int(c) for c in cfg["input"].get("band_counts", [3, 4, 8])]
+        allowed = [int(c) for c in cfg["input"]["band_counts"]]
         if src.count not in allowed:
             return _source_reject(source, f"band_count: {src.count} not in {allowed}", band_count=src.count)
         if src.height < chip_size or src.width < chip_size:
@@ -171,7 +171,7 @@ def _process_scene(source: Source, cfg: dict, catalog_row: dict | None) -> Scene
             issues.append("no_georeferencing")
         if not is_image and math.isnan(meta.gsd_m) and crs is not None and src.crs.is_projected:
             meta.gsd_m = float(abs(src.transform.a))
-        nodata_cfg = cfg["input"].get("nodata", "auto")
+        nodata_cfg = cfg["input"]["nodata"]
         nodata = src.nodata if nodata_cfg in (None, "auto") else float(nodata_cfg)
         windows = chip_windows(src.height, src.width, chip_size, stride)
         centres = _chip_centres(src, windows, chip_size)
@@ -193,10 +193,10 @@ def _process_scene(source: Source, cfg: dict, catalog_row: dict | None) -> Scene
         rows, descs, pending = [], [], []
         scale = pixel_scale(cfg, np.dtype(src.dtypes[0]).kind == "f", bit_depth)
         steps = (
-            max(1, int(cfg["descriptors"].get("sample_step", 8))),
-            max(1, int(cfg["descriptors"].get("texture_step", 4))),
+            max(1, int(cfg["descriptors"]["sample_step"])),
+            max(1, int(cfg["descriptors"]["texture_step"])),
         )
-        batch_size = int(cfg["descriptors"].get("batch_size", 32))
+        batch_size = int(cfg["descriptors"]["batch_size"])
         chips = _iter_chips(src, windows, chip_size, int(tiling["max_read_px"]))
         for index, (row_off, col_off), chip in chips:
             row = dict(base, chip_id=f"{source.scene_id}:{row_off}:{col_off}", row_off=row_off, col_off=col_off,
