@@ -41,6 +41,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MAPLE = REPO_ROOT.parent / "shared" / "data" / "maple_iwp"
 ENCODER = "arctic_mae_vit_tiny_patch16_224"
 REFERENCE = "random_init"
+NULL = "random_init_null"
+"""The finetuning null: random init again with other seeds (``NULL_SEED_OFFSET``); its difference from ``REFERENCE``
+is the size of a difference between two draws of the same thing, which a pool's difference must exceed."""
+NULL_SEED_OFFSET = 100
 IMAGENET = ("imagenet_supervised_vit_large", "vit_tiny_patch16_224")
 """The ImageNet reference when local weights are given (``--imagenet FILE``): evaluation's ImageNet backbone with
 the architecture replaced by timm's ViT-Tiny/16 (``backbone.arch``), loaded from the file; never downloaded."""
@@ -279,8 +283,9 @@ def finetune(recipe: Path, contenders: dict[str, tuple[str, str | None]], out: P
     for label, (backbone, weights) in contenders.items():
         own = cfg if backbone != IMAGENET[0] else {**cfg, "backbone": {**cfg["backbone"], "arch": IMAGENET[1]}}
         for seed in size.seeds:
-            run_path = root / label / f"seed{seed}"
-            metrics = run(own, backbone, seed, weights, out_dir=run_path)
+            run_seed = seed + NULL_SEED_OFFSET if label == NULL else seed
+            run_path = root / label / f"seed{run_seed}"
+            metrics = run(own, backbone, run_seed, weights, out_dir=run_path)
             runs.setdefault(label, []).append(metrics)
             dirs.setdefault(label, []).append(run_path)
             log(f"{cfg['name']}: {label} seed {seed}: {metrics['headline_metric']} "
@@ -290,7 +295,7 @@ def finetune(recipe: Path, contenders: dict[str, tuple[str, str | None]], out: P
         per_image, groups = load_per_image(dirs)
         boot = bootstrap_metrics(per_image, groups, card["task"], "random", size.n_boot)[card["headline_metric"]]
         card["vs_random"] = {label: {k: boot[label].get(k) for k in ("diff", "diff_ci_low", "diff_ci_high")}
-                             for label in runs if label != "random"}
+                             for label in runs if label not in ("random", NULL)}
         card["curated_vs_random"] = card["vs_random"].get("curated")
     card["model_dirs"] = {label: [str(d / "model") for d in paths] for label, paths in dirs.items()}
     return card
@@ -472,6 +477,7 @@ def run_demo(out: Path, size_name: str = "default", seed: int = 0, archive: Path
 
     contenders = {name: ("arctic_mae_vit_tiny", str(path)) for name, path in exports.items()}
     contenders[REFERENCE] = ("random_vit_tiny", None)
+    contenders[NULL] = ("random_vit_tiny", None)
     if imagenet is not None:
         if not Path(imagenet).is_file():
             raise FileNotFoundError(f"--imagenet {imagenet}: no such file (a local {IMAGENET[1]} ImageNet checkpoint)")
@@ -495,7 +501,8 @@ def run_demo(out: Path, size_name: str = "default", seed: int = 0, archive: Path
             "recipe": first["recipe"], "model": first["model_dirs"]["curated"][0]}
         timer.lap("mapping")
 
-    results = [row | {"task": name} for name, card in evaluation.items() for row in card["results"]]
+    results = [row | {"task": name} for name, card in evaluation.items() for row in card["results"]
+               if row["backbone"] != NULL]  # the model card compares encoders; the null stays in REPORT.md
     training = {"corpus": input_desc, "chips": trained["curated"]["chips"], "steps": size.pretrain_steps,
                 "img_size": size.pretrain_img, "demo_size": size_name}
     card = write_card(trained["curated"]["export"], results, training)

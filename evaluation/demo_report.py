@@ -16,7 +16,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-POOL_ORDER = ("curated", "random", "kmeans", "whole", "random_init")
+POOL_ORDER = ("curated", "random", "kmeans", "whole", "random_init", "random_init_null")
 QUALITY_COLUMNS = ("coverage_mean", "coverage_p95", "balance_entropy", "types_covered", "low_information_share")
 QUALITY_NOTES = {
     "coverage_mean": "mean distance from an accepted chip to its nearest pool chip in the standardised descriptor "
@@ -231,6 +231,12 @@ def finetune_section(facts: dict, out: Path, rel) -> list[str]:
     for name, card in facts["evaluation"].items():
         lines += [f"### {name} ({card['eval_split']} split, {card['n_eval_images']} chips in "
                   f"{card['n_eval_groups']} scene(s))", "", results_table(card["results"]), ""]
+        null = next((r for r in card["results"] if r["backbone"] == "random_init_null"), None)
+        if null is not None and null.get("diff_vs_reference") is not None:
+            low, high = null.get("ci95") or (None, None)
+            lines += [f"Null row `random_init_null`: random init again with other seeds; its difference from "
+                      f"random_init, {null['diff_vs_reference']:+.3f}{_interval(low, high, '+.3f')}, is what two "
+                      "draws of the same thing differ by: a pool's difference smaller than that says nothing.", ""]
         versus = {k: d for k, d in (card.get("vs_random") or {}).items() if d.get("diff") is not None}
         if versus:
             lines += [f"Minus the random subset ({card['headline_metric'].replace('_', ' ')}, paired): " + "; ".join(

@@ -98,7 +98,7 @@ def test_probe_table_matches_probes_json(demo):
 def test_finetune_table_parses_and_card_validates(demo):
     out, report, facts = demo
     rows = [line for line in report.read_text().splitlines() if line.startswith("| semantic segmentation |")]
-    assert len(rows) == len(SIZE.tasks) * (len(POOLS) + 1)  # every pool + random init, per task
+    assert len(rows) == len(SIZE.tasks) * (len(POOLS) + 2)  # every pool + random init + its null, per task
     shown = sorted(row.strip("|").split("|")[4].strip().split(" ± ")[0] for row in rows)
     measured = sorted(f"{r['value']:.3f}" for path in (out / "evaluation").glob("*/compare/model_card.json")
                       for r in json.loads(path.read_text())["results"])
@@ -107,8 +107,12 @@ def test_finetune_table_parses_and_card_validates(demo):
         assert card["eval_split"] == "test" and card["n_eval_groups"] >= 1  # held-out scene(s)
         assert {r["layer_decay"] for r in card["results"] if r["backbone"] == "random_init"} == {1.0}
         assert {r["normalization"] for r in card["results"]} == {"train-split z-score"}
+        null_seeds = {p.name for p in (out / "evaluation" / card["recipe"] / "random_init_null").iterdir()}
+        assert null_seeds == {f"seed{s + 100}" for s in SIZE.seeds}  # other draws than random_init's seeds
+        assert "random_init_null" not in card.get("vs_random", {})
     card = ModelCard.load(out / "export" / "curated" / "README.md")
     assert card.data.library_name == "timm" and card.data.license
+    assert "random_init_null" not in card.text  # the model card compares encoders; the null is REPORT.md's
     assert {r.dataset_name for r in card.data.eval_results} == {f"synthetic_{t}" for t in SIZE.tasks}
     config = json.loads((out / "export" / "curated" / "config.json").read_text())
     assert f"| {config['corpus']['bands'][0]} | {config['pretrained_cfg']['mean'][0]:.4f} |" in card.text
