@@ -444,7 +444,8 @@ def write_report(out: Path, facts: dict[str, Any]) -> Path:
     return path
 
 
-README_START, README_END = "<!-- paper-cpu:start -->", "<!-- paper-cpu:end -->"
+README_MARKER = "paper-cpu"
+README_START, README_END = f"<!-- {README_MARKER}:start -->", f"<!-- {README_MARKER}:end -->"
 README_COMMAND = "python -m evaluation.demo_report --readme OUT/summary.json"
 
 
@@ -474,13 +475,15 @@ def update_readme(readme: Path, summary: Path | None) -> str:
     """Rewrite the marker block of ``readme`` from ``summary`` (None: "not yet run") -> the new block."""
     import json
 
+    from arctic_vit.card import replace_block
+
     text = readme.read_text()
     if text.count(README_START) != 1 or text.count(README_END) != 1:
         raise ValueError(f"{readme}: needs exactly one {README_START} ... {README_END} block")
     facts = json.loads(summary.read_text()) if summary is not None else None
     block = readme_block(facts)
-    head, rest = text.split(README_START)
-    readme.write_text(head + block + rest.split(README_END, 1)[1])
+    inner = block.removeprefix(README_START + "\n").removesuffix("\n" + README_END)
+    readme.write_text(replace_block(text, README_MARKER, inner))
     return block
 
 

@@ -35,7 +35,8 @@ ASSUMED_UTILISATION = 0.30
 BATCH = 2
 """Images per counted batch (training BatchNorm in the head needs > 1); FLOPs are reported per image."""
 README = Path(__file__).with_name("README.md")
-START, END = "<!-- gpu-estimate:start -->", "<!-- gpu-estimate:end -->"
+MARKER = "gpu-estimate"
+START, END = f"<!-- {MARKER}:start -->", f"<!-- {MARKER}:end -->"
 
 
 @dataclass
@@ -155,11 +156,13 @@ def render(e: Estimate) -> str:
 
 
 def write_readme(block: str, path: Path = README) -> None:
+    """Replace the marked block of ``path`` with ``block`` (markers included, as ``render`` gives it)."""
+    from arctic_vit.card import replace_block
+
     text = path.read_text()
     if START not in text or END not in text:
         raise ValueError(f"{path}: markers {START} / {END} not found")
-    head, rest = text.split(START, 1)
-    path.write_text(head + block + rest.split(END, 1)[1])
+    path.write_text(replace_block(text, MARKER, block.removeprefix(START + "\n").removesuffix("\n" + END)))
 
 
 def readme_block(path: Path = README) -> str:
