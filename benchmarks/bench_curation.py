@@ -30,10 +30,13 @@ sklearn converged, and ``net(ours) >= net(kmeans)`` on every case.
 
 Selection (``selection``): a skewed archive of descriptors — 4 common scene types holding 90 % of 20k chips as
 near-duplicates, 40 rare types with 10-60 chips each, and a block of low-information chips (a flat, near-constant
-type) — and a budget of 500. Curated (``hierarchical_ap`` + ``select``, within = closest) vs a random subset vs k-means
+type) — and a budget of 500. Curated (``hierarchical_ap`` + ``select`` with the
+config's ``select.within``) vs a random subset vs k-means
 selection (K = budget, the chip nearest each centroid): coverage (mean and 95th percentile distance from every chip to
 its nearest selected chip), balance (entropy of the selection over the types, / log(#types)), share of low-information
-chips selected. Targets: curated beats random on p95 coverage and on balance.
+chips selected. Targets: curated beats random on p95 coverage and on balance, at that budget (``selection``, 2.5 %
+of the chips: most clusters get one or two) and at a third of the chips (``selection_large``: the regime of the
+demo's pools, where picking the chips closest to each exemplar covered worse than a random subset).
 
 Descriptor extraction (``descriptors``): chips/s of ``tiling.process_scene`` with the default config vs a bare
 rasterio windowed-read loop over the same chips, alternating the two, best of ``repeats``. Target: ratio >= 0.8.
@@ -272,10 +275,11 @@ def selection_quality(budget: int = 500, seed: int = 0) -> dict:
 
     x, types, low = skewed_archive(seed)
     rng = np.random.default_rng(seed)
-    kwargs = ap_arguments(load_config(REPO / "training" / "configs" / "curate.yaml"))
+    cfg = load_config(REPO / "training" / "configs" / "curate.yaml")
+    kwargs, within = ap_arguments(cfg), cfg["select"]["within"]
     t0 = time.perf_counter()
     ap = hierarchical_ap(x, **kwargs, seed=seed)
-    curated = np.flatnonzero(select(x, ap.labels, ap.exemplars, budget, within="closest",
+    curated = np.flatnonzero(select(x, ap.labels, ap.exemplars, budget, within=within,
                                     finer_levels=ap.level_labels[:-1], seed=seed))
     seconds = time.perf_counter() - t0
     random = np.sort(rng.choice(len(x), budget, replace=False))
@@ -286,7 +290,7 @@ def selection_quality(budget: int = 500, seed: int = 0) -> dict:
         return selection_quality_of(x, chosen, scene_types=types, low_information=low)
 
     out = dict(n=len(x), types=int(types.max() + 1), budget=budget, low_information_chips=int(low.sum()),
-               curated=dict(scores(curated), seconds=seconds, clusters=len(ap.exemplars)),
+               curated=dict(scores(curated), seconds=seconds, clusters=len(ap.exemplars), within=within),
                random=scores(random), kmeans=scores(kmeans))
     out["checks"] = {
         "coverage_p95_beats_random": out["curated"]["coverage_p95"] < out["random"]["coverage_p95"],
@@ -565,7 +569,7 @@ def failed_checks(report: dict) -> list[str]:
     failed = []
     for row in report.get("compare", []):
         failed += [f"{row['case']} n={row['n']}: {name}" for name, ok in row["checks"].items() if ok is False]
-    for section in ("selection", "descriptors", "end_to_end"):
+    for section in ("selection", "selection_large", "descriptors", "end_to_end"):
         failed += [f"{section}: {name}" for name, ok in report.get(section, {}).get("checks", {}).items()
                    if ok is False]
     return failed
@@ -636,6 +640,8 @@ def main() -> None:
         if "selection" in sections:
             report["selection"] = selection_quality()
             print(json.dumps({"selection": report["selection"]}), flush=True)
+            report["selection_large"] = selection_quality(budget=report["selection"]["n"] // 3)
+            print(json.dumps({"selection_large": report["selection_large"]}), flush=True)
         if "descriptors" in sections:
             report["descriptors"] = descriptor_read_ratio(*((2, 1024) if args.quick else (8, 2048)))
             print(json.dumps({"descriptors": {k: v for k, v in report["descriptors"].items() if k != "rates"}}),

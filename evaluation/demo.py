@@ -339,7 +339,7 @@ def pool_stage(manifest: Path, curate_cfg: dict, out: Path, size: DemoSize, seed
         standardised_descriptors,
     )
 
-    within, weights = curate_cfg["select"].get("within", "closest"), curate_cfg["descriptors"].get("weights")
+    within, weights = curate_cfg["select"]["within"], curate_cfg["descriptors"].get("weights")
     pools = build_pools(manifest, out / "pools", size.budget, seed, whole=whole, within=within, weights=weights)
     table = pd.read_parquet(manifest)
     rows = table.iloc[accepted_rows(table)].reset_index(drop=True)

@@ -92,7 +92,7 @@ def random_selection(n: int, budget: int, seed: int) -> np.ndarray:
 
 
 def build_pools(manifest_path: Path, out_dir: Path, budget: int, seed: int, *, whole: bool = True,
-                within: str = "closest", weights: dict[str, float] | None = None) -> dict[str, dict]:
+                within: str, weights: dict[str, float] | None = None) -> dict[str, dict]:
     """One manifest per pool under ``out_dir`` -> pool -> {"manifest", "chips", "selected" ((n_accepted,) bool)}.
 
     ``within`` / ``weights``: curation's ``select.within`` and ``descriptors.weights`` (the curated arm is read

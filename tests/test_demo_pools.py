@@ -17,9 +17,11 @@ from evaluation.demo_pools import (
     standardised_descriptors,
 )
 from training.curate.select import water_fill_quotas
+from training.schemas import CurateSelect
 
 BUDGET = 40
 WEIGHTS = {"spectral": 1.0, "texture": 1.0, "metadata": 0.5}
+WITHIN = CurateSelect().within  # the curation default the fixture runs with
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def curated(tmp_path_factory):
         f"input.path={root / 'archive'}", f"out={root / 'curate'}", f"select.budget={BUDGET}", "tiling.chip_size=128",
         "tiling.stride=128", "dask.scheduler=synchronous", "progress=false", "report.figures=false"])
     manifest = run_curation(cfg)
-    return root, manifest, build_pools(manifest, root / "pools", BUDGET, seed=0, weights=WEIGHTS)
+    return root, manifest, build_pools(manifest, root / "pools", BUDGET, seed=0, within=WITHIN, weights=WEIGHTS)
 
 
 def test_pools_have_the_budget_and_draw_from_accepted_chips(curated):
@@ -55,9 +57,9 @@ def test_curated_rule_reapplied_reproduces_the_pipeline(curated):
     _, manifest, _ = curated
     table = pd.read_parquet(manifest)
     x = standardised_descriptors(manifest.parent, table, WEIGHTS)
-    again = curated_selection(table, x, BUDGET, "closest", seed=0)
+    again = curated_selection(table, x, BUDGET, WITHIN, seed=0)
     assert np.array_equal(again, table["selected"].to_numpy()[accepted_rows(table)])
-    assert curated_selection(table, x, BUDGET // 2, "closest", seed=0).sum() == BUDGET // 2
+    assert curated_selection(table, x, BUDGET // 2, WITHIN, seed=0).sum() == BUDGET // 2
 
 
 def test_kmeans_pool_fills_water_filled_quotas_over_its_clusters(curated):
@@ -86,11 +88,11 @@ def test_too_few_chips_and_empty_pools_are_errors(curated, tmp_path):
     table = pd.read_parquet(manifest)
     n = len(accepted_rows(table))
     with pytest.raises(PoolError, match=rf"{n} accepted chips, fewer than the pool budget of {n + 1}"):
-        build_pools(manifest, tmp_path / "p", n + 1, seed=0, weights=WEIGHTS)
+        build_pools(manifest, tmp_path / "p", n + 1, seed=0, within=WITHIN, weights=WEIGHTS)
     empty = manifest.parent / "empty" / "manifest.parquet"
     empty.parent.mkdir()
     table.assign(selected=False).to_parquet(empty)
     for name in ("descriptors.parquet",):
         (empty.parent / name).write_bytes((manifest.parent / name).read_bytes())
     with pytest.raises(PoolError, match=r"pool 'curated' .* is empty"):
-        build_pools(empty, tmp_path / "q", BUDGET, seed=0, weights=WEIGHTS)
+        build_pools(empty, tmp_path / "q", BUDGET, seed=0, within=WITHIN, weights=WEIGHTS)

@@ -228,7 +228,8 @@ class CurateCluster(ConfigModel):
 
 class CurateSelect(ConfigModel):
     budget: NonNegInt = Field(1000, description="chips selected")
-    within: Literal["closest", "random", "farthest", "balanced"] = Field("closest", description="order in a cluster")
+    within: Literal["closest", "random", "farthest", "balanced"] = Field(
+        "farthest", description="order in a cluster (farthest: the exemplar, then farthest-point sampling)")
     dedup: StrictBool = Field(True, description="exact duplicates (same pixels) rejected as 'duplicate'")
     bands: BandList | None = Field(None, description="only chips with these bands are candidates; null: all agree")
 

@@ -209,12 +209,14 @@ def benchmark_table(report: dict) -> str:
             f"{_fmt(ours['seconds'], '.1f')} / {_fmt(ours['peak_rss_growth_gb'], '.2f')} | "
             f"{_fmt(m['kmeans'].get('quality'), '.4f')} | {_fmt(m['hkmeans'].get('quality'), '.4f')} | {met} |"
         )
-    sel = report.get("selection")
-    if sel:
+    for sel in (report.get("selection"), report.get("selection_large")):
+        if not sel:
+            continue
         lines += [
             "",
             f"Selection on a skewed archive ({sel['n']} chips, {sel['types']} scene types, 90 % in 4 near-duplicate "
-            f"types, {sel['low_information_chips']} low-information chips), budget {sel['budget']}:",
+            f"types, {sel['low_information_chips']} low-information chips), budget {sel['budget']}"
+            f"{', within: ' + sel['curated']['within'] if 'within' in sel['curated'] else ''}:",
             "",
             "| selection | coverage mean | coverage p95 | balance (entropy / log types) | types covered "
             "| low-information share |",

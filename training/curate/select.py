@@ -38,7 +38,7 @@ def select(
     exemplars: np.ndarray,
     budget: int,
     *,
-    within: str = "closest",
+    within: str,
     finer_levels: list[np.ndarray] | None = None,
     seed: int = 0,
 ) -> np.ndarray:
