@@ -60,9 +60,11 @@ def card_data(config: Mapping[str, Any], results: Sequence[Mapping[str, Any]] = 
 
 
 def results_table(results: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown table: recipe | dataset | backbone | foreground mean F1 (mean ± std, seeds) | Δ vs reference (CI)."""
-    lines = ["| recipe | dataset | backbone | weights | foreground mean F1 | Δ vs reference [95 % CI] |",
-             "|---|---|---|---|---|---|"]
+    """Markdown table: recipe | dataset | backbone | weights | lr | foreground mean F1 (mean ± std, seeds) | Δ vs
+    reference (CI). ``lr``: the learning rate of the reported runs, with the sweep it was chosen from on the tune split
+    (``lr_sweep``: {lr: score}) when there was one."""
+    lines = ["| recipe | dataset | backbone | weights | lr | foreground mean F1 | Δ vs reference [95 % CI] |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         value = "–" if r.get("value") is None else f"{r['value']:.3f} ± {r.get('std') or 0:.3f} ({r.get('n_seeds', 1)})"
         ci = r.get("ci95")
@@ -70,11 +72,22 @@ def results_table(results: Sequence[Mapping[str, Any]]) -> str:
         delta = "reference" if diff == 0.0 and not ci else (
             f"{diff:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "–")
         weights = r.get("weights", "–")  # "hub", "random init", or the local folder it was loaded from
-        lines.append(f"| {r.get('recipe', r['task'])} | {r['dataset']} | {r.get('backbone', '')} | {weights} | {value} "
-                     f"| {delta} |")
+        lines.append(f"| {r.get('recipe', r['task'])} | {r['dataset']} | {r.get('backbone', '')} | {weights} "
+                     f"| {_lr_cell(r)} | {value} | {delta} |")
     if len(lines) == 2:
-        lines.append("| – | – | – | – | not evaluated yet | – |")
+        lines.append("| – | – | – | – | – | not evaluated yet | – |")
     return "\n".join(lines)
+
+
+def _lr_cell(row: Mapping[str, Any]) -> str:
+    """'3e-04' or, after a sweep, '3e-04 (swept 1e-04, 3e-04, 1e-03 on val)'; '–' when the row has no lr."""
+    if row.get("lr") is None:
+        return "–"
+    sweep = row.get("lr_sweep")
+    if not sweep:
+        return f"{row['lr']:.0e}"
+    grid = ", ".join(f"{float(lr):.0e}" for lr in sorted(sweep, key=float))
+    return f"{row['lr']:.0e} (swept {grid} on {row.get('tune_split') or 'val'})"
 
 
 def replace_block(text: str, name: str, content: str) -> str:

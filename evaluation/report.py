@@ -110,6 +110,7 @@ def write_report(runs: dict[str, list[dict]], run_dirs: dict[str, list[Path]], o
             "value_ci95": [b["ci_low"], b["ci_high"]], "backbone": backbone,
             "weights": metrics[0]["backbone"]["weights"], "normalization": metrics[0]["backbone"]["normalization"],
             "lr": metrics[0]["protocol"]["lr"], "lr_sweep": chosen_lr.get(backbone, {}).get("sweep"),
+            "tune_split": metrics[0]["protocol"].get("tune_split"),
             "layer_decay": metrics[0]["protocol"]["layer_decay"],
             "diff_vs_reference": diff,
             "ci95": [b["diff_ci_low"], b["diff_ci_high"]] if "diff_ci_low" in b else None,

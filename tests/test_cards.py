@@ -77,6 +77,9 @@ def test_results_table_formats_mean_std_and_ci():
     table = results_table(ROWS)
     assert "0.612 ± 0.010 (3)" in table and "+0.050 [+0.020, +0.080]" in table and "reference" in table
     assert "not evaluated yet" in results_table([])
+    swept = results_table([ROWS[0] | {"lr": 3e-4, "lr_sweep": {"0.001": 0.5, "0.0001": 0.4, "0.0003": 0.6}}])
+    assert "| 3e-04 (swept 1e-04, 3e-04, 1e-03 on val) |" in swept  # the chosen lr and its grid, sorted
+    assert "| 3e-04 |" in results_table([ROWS[0] | {"lr": 3e-4, "lr_sweep": None}]) and "| – |" in table
 
 
 def test_registry_config_matches_an_export_config(tmp_path):
