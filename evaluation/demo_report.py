@@ -6,6 +6,7 @@ finetuning, the mapped scene, the result in plain words (whichever way it falls)
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -293,19 +294,25 @@ def _strings(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else []
 
 
-def curated_vs_random(facts: dict) -> list[tuple[str, float, float, float]]:
-    """Every paired curated-minus-random-subset difference with a 95 % interval in the facts -> (what, diff, low,
-    high): the probes' metrics, then each finetuning recipe's headline metric."""
-    findings = []
+def versus_random(facts: dict) -> dict[str, list[tuple[str, float, float, float]]]:
+    """Every paired encoder-minus-random-subset difference with a 95 % interval in the facts -> encoder -> [(what,
+    diff, low, high)]: the probes' metrics, then each finetuning recipe's headline metric."""
+    findings: dict[str, list[tuple[str, float, float, float]]] = {}
     for r in probe_rows(facts.get("probes") or {}):
         d = r.get("diff_vs_random")
-        if r["encoder"] == "curated" and isinstance(d, dict) and None not in (d.get("ci_low"), d.get("ci_high")):
-            findings.append((f"probe {r['probe']}", d["diff"], d["ci_low"], d["ci_high"]))
+        if isinstance(d, dict) and None not in (d.get("ci_low"), d.get("ci_high")):
+            findings.setdefault(r["encoder"], []).append((f"probe {r['probe']}", d["diff"], d["ci_low"], d["ci_high"]))
     for name, card in facts["evaluation"].items():
-        d = card.get("curated_vs_random") or {}
-        if d.get("diff_ci_low") is not None and d.get("diff_ci_high") is not None:
-            findings.append((f"finetuning {name}", d["diff"], d["diff_ci_low"], d["diff_ci_high"]))
+        for encoder, d in (card.get("vs_random") or {"curated": card.get("curated_vs_random") or {}}).items():
+            if d.get("diff_ci_low") is not None and d.get("diff_ci_high") is not None:
+                findings.setdefault(encoder, []).append(
+                    (f"finetuning {name}", d["diff"], d["diff_ci_low"], d["diff_ci_high"]))
     return findings
+
+
+def curated_vs_random(facts: dict) -> list[tuple[str, float, float, float]]:
+    """The curated pool's rows of ``versus_random`` -> [(what, diff, low, high)]."""
+    return versus_random(facts).get("curated", [])
 
 
 def verdict(facts: dict) -> list[str]:
@@ -366,6 +373,7 @@ def reasons(facts: dict) -> list[str]:
             "the encoders trained on it did not turn that into better features at this scale." if shifted else
             "Curation barely changed the pool's make-up, so the pretraining data, and hence the encoders, barely "
             "differ." if facts["synthetic"] else "Without scene types the pools' make-up cannot be compared."))
+    out += _other_pools(facts)
     rej = facts["curation"]["reject_reasons"]
     if rej:
         out.append(f"- Every pool, random included, draws from chips that survived curation's rejects ({rej}): the "
@@ -401,6 +409,31 @@ def reasons(facts: dict) -> list[str]:
     if facts["synthetic"]:
         out.append("- The generator's profile was fixed before any score was seen (`training.synthetic_arctic."
                    "PROFILE_FIXED`) and was not tuned afterwards.")
+    return out
+
+
+def _other_pools(facts: dict) -> list[str]:
+    """A pool other than curated that the random subset does not match where curated does: its resolved wins against
+    the random subset and its make-up beside curated's (no paired pool-vs-pool interval is claimed)."""
+    findings, quality, out = versus_random(facts), facts["pools"]["quality"], []
+    curated_wins = sum(_excludes_zero(lo, hi) and lo > 0 for _, _, lo, hi in findings.get("curated", []))
+    for pool in ("kmeans", "whole"):
+        wins = [f for f in findings.get(pool, []) if _excludes_zero(f[2], f[3]) and f[2] > 0]
+        if len(wins) <= curated_wins:
+            continue
+        q, c = quality.get(pool, {}), quality.get("curated", {})
+        low, low_curated = q.get("low_information_share"), c.get("low_information_share")
+        make_up = (f"Its low-information share is {_num(low, '.0%')} against curated's {_num(low_curated, '.0%')} "
+                   f"(balance {_num(q.get('balance_entropy'))} vs {_num(c.get('balance_entropy'))})")
+        if pool == "whole":
+            make_up += f", with {q.get('selected', '?')} chips against the budget of {c.get('selected', '?')}."
+        elif low is not None and low_curated is not None and low < low_curated - 0.05:
+            make_up += ("; one reading, not tested here: the features follow how much of the pool is textured, "
+                        "rare terrain more than how evenly it spreads over the descriptor clusters.")
+        else:
+            make_up += "."
+        out.append(f"- The {pool} pool beats the random subset on {len(wins)} of {len(findings[pool])} measurements "
+                   f"(curated: {curated_wins}): {', '.join(w for w, *_ in wins)}. {make_up}")
     return out
 
 
@@ -447,6 +480,8 @@ def write_report(out: Path, facts: dict[str, Any]) -> Path:
 README_MARKER = "paper-cpu"
 README_START, README_END = f"<!-- {README_MARKER}:start -->", f"<!-- {README_MARKER}:end -->"
 README_COMMAND = "python -m evaluation.demo_report --readme OUT/summary.json"
+QUOTED_SUMMARY = Path(__file__).with_name("paper_cpu_summary.json")
+"""The summary.json the README block quotes, copied here by ``--readme`` (a test regenerates the block from it)."""
 
 
 def readme_block(facts: dict | None) -> str:
@@ -461,13 +496,37 @@ def readme_block(facts: dict | None) -> str:
     load = facts.get("load_average") or {}
     where = f", load average {load['start']} at the start, {load['end']} at the end" if load else ""
     lines += [f"`--size paper-cpu`, seed {facts['seed']}: {facts['seconds'] / 60:.1f} min on {facts['threads']} CPU "
-              f"thread(s){where}.", "",
-              "| measurement | curated - random subset | 95 % interval | resolved |", "|---|---|---|---|"]
-    findings = curated_vs_random(facts)
-    lines += [f"| {what} | {diff:+.3f} | [{low:+.3f}, {high:+.3f}] | {'yes' if _excludes_zero(low, high) else 'no'} |"
-              for what, diff, low, high in findings]
-    if not findings:
-        lines += ["| (no paired interval measured) | | | |"]
+              f"thread(s){where}.", ""]
+    quality = facts["pools"]["quality"]
+    if quality:
+        lines += ["Pools (equal budget except `whole`; the curation issue's diagnostics):", "",
+                  "| pool | chips | coverage p95 | balance entropy | low-information share |", "|---|---|---|---|---|"]
+        lines += [f"| {pool} | {q.get('selected', '–')} | {_num(q.get('coverage_p95'))} | "
+                  f"{_num(q.get('balance_entropy'))} | {_num(q.get('low_information_share'))} |"
+                  for pool, q in quality.items()]
+        lines += [""]
+    findings = versus_random(facts)
+    arms = [a for a in ("curated", "kmeans", "whole", "random_init") if a in findings]
+    arms += [a for a in findings if a not in arms]
+    lines += ["Each encoder minus the MAE on the random subset (paired; 95 % interval; **bold**: the interval excludes "
+              "0):", "", "| measurement | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    order = list(dict.fromkeys(what for arm in arms for what, *_ in findings[arm]))
+    for what in order:
+        cells = []
+        for arm in arms:
+            hit = [f for f in findings[arm] if f[0] == what]
+            if not hit:
+                cells.append("–")
+                continue
+            _, diff, low, high = hit[0]
+            text = f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]"
+            cells.append(f"**{text}**" if _excludes_zero(low, high) else text)
+        lines.append(f"| {what} | " + " | ".join(cells) + " |")
+    if not order:
+        lines += ["| (no paired interval measured) |" + " |" * len(arms)]
+    lines += ["", *verdict(facts)]
+    while not lines[-1]:
+        lines.pop()
     return "\n".join([*lines, README_END])
 
 
@@ -495,11 +554,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, required=True, metavar="SUMMARY",
                         help="a --size paper-cpu run's summary.json ('none': write the 'not yet run' block)")
     parser.add_argument("--readme-file", type=Path, default=Path("README.md"))
+    parser.add_argument("--copy-to", type=Path, default=QUOTED_SUMMARY,
+                        help="where the quoted summary.json is kept beside the README (default: %(default)s)")
     args = parser.parse_args(argv)
     summary = None if str(args.readme) == "none" else args.readme
     if summary is not None and not summary.is_file():
         parser.error(f"--readme: {summary} is not a file")
     print(update_readme(args.readme_file, summary))
+    if summary is not None and summary.resolve() != args.copy_to.resolve():
+        shutil.copyfile(summary, args.copy_to)
     return 0
 
 

@@ -99,7 +99,7 @@ def test_finetune_table_parses_and_card_validates(demo):
     out, report, facts = demo
     rows = [line for line in report.read_text().splitlines() if line.startswith("| semantic segmentation |")]
     assert len(rows) == len(SIZE.tasks) * (len(POOLS) + 2)  # every pool + random init + its null, per task
-    shown = sorted(row.strip("|").split("|")[4].strip().split(" ± ")[0] for row in rows)
+    shown = sorted(row.strip("|").split("|")[5].strip().split(" ± ")[0] for row in rows)
     measured = sorted(f"{r['value']:.3f}" for path in (out / "evaluation").glob("*/compare/model_card.json")
                       for r in json.loads(path.read_text())["results"])
     assert shown == measured  # the report shows what the runs measured
