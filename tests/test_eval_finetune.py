@@ -61,7 +61,7 @@ def test_finetune_reports_test_split_and_skips_only_an_identical_run(tmp_path, s
     assert saved["eval_split"] == "test" and set(saved["scores_by_split"]) == {"val", "test"}
     assert saved["protocol"] | {"lr": None} == {"normalization": "train-split z-score", "lr": None,
                                                 "layer_decay": 1.0, "device": "cpu", "precision": "float32",
-                                                "eval_overlap_px": 8}
+                                                "eval_overlap_px": 8, "tune_split": "val"}
     per_image = np.load(out / "per_image.npz")
     assert per_image["ids"].tolist() == sorted(per_image["ids"].tolist()) and len(per_image["ids"]) == saved["n_eval"]
     assert {g.split("_r")[0] for g in per_image["ids"]} == set(per_image["groups"].tolist())  # grouped by scene
