@@ -42,6 +42,7 @@ from torch import nn
 import arctic_vit  # noqa: F401  (registers the arctic_mae_vit_* models with timm)
 from arctic_vit.transforms import MultispectralNormalize
 from evaluation.datasets.card import DatasetCard
+from evaluation.external_backbones import EXTERNAL_BACKBONES, build_external
 from evaluation.toa import ToaCoefficients, card_toa, reflectance_normalize
 
 SIZES = ("tiny", "small", "base", "large")
@@ -54,7 +55,7 @@ IMAGENET_MODELS = {
 PRITHVI_HUB = ("ibm-nasa-geospatial/Prithvi-EO-2.0-300M", "Prithvi_EO_V2_300M.pt")
 BACKBONES: tuple[str, ...] = (
     *(f"arctic_mae_vit_{s}" for s in SIZES), *IMAGENET_MODELS, "prithvi_eo2_300m", *(f"random_vit_{s}" for s in SIZES),
-    "dinov3_vit_large_sat", "scalemae_vit_large_fmow",  # evaluation.external_backbones
+    *EXTERNAL_BACKBONES,
 )
 
 
@@ -130,9 +131,7 @@ def build_backbone(
     if normalization not in ("native", "zscore"):
         raise ValueError(f"normalization must be 'native' or 'zscore', got {normalization!r}")
     weights = "none" if weights is None else str(weights)
-    if name in ("dinov3_vit_large_sat", "scalemae_vit_large_fmow"):
-        from evaluation.external_backbones import build_external
-
+    if name in EXTERNAL_BACKBONES:
         return build_external(name, card, img_size, weights, normalization, dataset_stats, arch, rgb_bands)
     if name.startswith("random_vit_"):
         return _random(name, card, img_size, dataset_stats, arch)

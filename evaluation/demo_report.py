@@ -510,18 +510,12 @@ def readme_block(facts: dict | None) -> str:
     arms += [a for a in findings if a not in arms]
     lines += ["Each encoder minus the MAE on the random subset (paired; 95 % interval; **bold**: the interval excludes "
               "0):", "", "| measurement | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
-    order = list(dict.fromkeys(what for arm in arms for what, *_ in findings[arm]))
+    cells = {arm: {what: f"**{text}**" if _excludes_zero(low, high) else text
+                   for what, diff, low, high in findings[arm]
+                   for text in [f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]"]} for arm in arms}
+    order = list(dict.fromkeys(what for arm in arms for what in cells[arm]))
     for what in order:
-        cells = []
-        for arm in arms:
-            hit = [f for f in findings[arm] if f[0] == what]
-            if not hit:
-                cells.append("–")
-                continue
-            _, diff, low, high = hit[0]
-            text = f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]"
-            cells.append(f"**{text}**" if _excludes_zero(low, high) else text)
-        lines.append(f"| {what} | " + " | ".join(cells) + " |")
+        lines.append(f"| {what} | " + " | ".join(cells[arm].get(what, "–") for arm in arms) + " |")
     if not order:
         lines += ["| (no paired interval measured) |" + " |" * len(arms)]
     lines += ["", *verdict(facts)]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import get_pretrained_cfg
 from torch import nn
 
@@ -41,7 +42,6 @@ from evaluation.datasets.card import DatasetCard
 DINOV3_SAT = "dinov3_vit_large_sat"
 DINOV3_SAT_MODEL = "vit_large_patch16_dinov3.sat493m"
 SCALEMAE = "scalemae_vit_large_fmow"
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EXTERNAL_BACKBONES: tuple[str, ...] = (DINOV3_SAT, SCALEMAE)
 HF_FILENAME = "model.safetensors"
 
@@ -126,7 +126,7 @@ def scalemae_encoder(
             raise ValueError(f"{path}: not a Scale-MAE ViT checkpoint of this shape (missing {missing[:4]}, "
                              f"unexpected {stray[:4]})")
     encoder.pretrained_cfg = {"architecture": "scalemae_vit_patch16", "bands": ("red", "green", "blue"),
-                              "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "license": "cc-by-nc-4.0"}
+                              "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD, "license": "cc-by-nc-4.0"}
     return encoder
 
 

@@ -26,8 +26,11 @@ def cpu_supports_bf16() -> bool:
 
 @contextlib.contextmanager
 def dask_client(dask_cfg: Mapping[str, Any]) -> Iterator[Any]:
-    """'synchronous' -> None (run here); 'local' -> a LocalCluster; an address (tcp://...) -> a Client to it."""
-    scheduler = str(dask_cfg.get("scheduler") or "synchronous")
+    """'synchronous' -> None (run here); 'local' -> a LocalCluster; an address (tcp://...) -> a Client to it.
+
+    ``dask_cfg``: ``scheduler``, ``n_workers``, ``threads_per_worker``, ``memory_limit`` (curation's validated
+    ``dask`` section, or the predictor's settings); no defaults here, so none can disagree with the schema's."""
+    scheduler = str(dask_cfg["scheduler"])
     if scheduler in ("synchronous", "none", "sync"):
         yield None
         return
@@ -35,8 +38,8 @@ def dask_client(dask_cfg: Mapping[str, Any]) -> Iterator[Any]:
 
     if scheduler == "local":
         cluster = LocalCluster(
-            n_workers=int(dask_cfg.get("n_workers", 2)), threads_per_worker=int(dask_cfg.get("threads_per_worker", 1)),
-            processes=True, memory_limit=dask_cfg.get("memory_limit", "2GiB"), dashboard_address=None,
+            n_workers=int(dask_cfg["n_workers"]), threads_per_worker=int(dask_cfg["threads_per_worker"]),
+            processes=True, memory_limit=dask_cfg["memory_limit"], dashboard_address=None,
         )
         with cluster, Client(cluster) as client:
             yield client
