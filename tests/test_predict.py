@@ -709,3 +709,77 @@ def test_folder_input_skips_label_rasters_and_scores_against_them(model_dir, sce
     (folder / "scene.tif").unlink()
     with pytest.raises(FileNotFoundError, match=r"label rasters \*\.labels\.tif are not scenes"):
         discover(folder)
+
+
+class _CountingReads:
+    """A rasterio dataset whose ``read`` windows are recorded (everything else forwarded)."""
+
+    def __init__(self, src) -> None:
+        self._src, self.rows_read = src, []
+
+    def read(self, *args, window, **kwargs):
+        self.rows_read.append((window.row_off, window.row_off + window.height))
+        return self._src.read(*args, window=window, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._src, name)
+
+
+@pytest.mark.parametrize("blocks", ["tiled_64", "tiled_96", "strips_1", "one_strip"])
+def test_strip_reader_reads_each_row_once_and_equals_direct_reads(tmp_path, blocks):
+    """StripReader (tile 64, overlap 16, scene 200 x 150 with a nodata collar): every strip equals a direct window
+    read of the same rows (data, GDAL valid mask, reflect padding of the last strip); scene rows are read from the
+    file once in total, whatever the block layout, and the buffer never holds more than tile + block height rows."""
+    from rasterio.windows import Window
+
+    from evaluation.predict.stream import StripReader, grid
+
+    src_path = write_scene(tmp_path / "s.tif", 200, 150, collar=20, seed=5)
+    layout = {"tiled_64": dict(tiled=True, blockxsize=64, blockysize=64),
+              "tiled_96": dict(tiled=True, blockxsize=96, blockysize=96),
+              "strips_1": dict(tiled=False, blockysize=1), "one_strip": dict(tiled=False, blockysize=200)}[blocks]
+    path = tmp_path / f"{blocks}.tif"
+    with rasterio.open(src_path) as src:
+        profile, data = src.profile | layout, src.read()
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    rows, _, _, _ = grid(200, 150, TILE, 16)
+    with rasterio.open(path) as src:
+        block_height = src.block_shapes[0][0]
+        counting = _CountingReads(src)
+        reader = StripReader(counting, (1, 2, 3, 4), TILE)
+        for row in rows:
+            image, valid = reader.read(row)
+            h = min(TILE, 200 - row)
+            window = Window(0, row, 150, h)
+            expected = torch.from_numpy(src.read(window=window).astype(np.float32))
+            expected_valid = torch.from_numpy(src.read_masks(window=window).min(axis=0) > 0)
+            assert image.shape == (4, TILE, 150) and valid.shape == (TILE, 150)
+            torch.testing.assert_close(image[:, :h], expected, rtol=0, atol=0)
+            assert torch.equal(valid[:h], expected_valid)
+            if h < TILE:  # reflected at the bottom, as pad_to_tile of the whole scene
+                torch.testing.assert_close(image[:, h:], expected.flip(1)[:, 1 : TILE - h + 1], rtol=0, atol=0)
+            assert reader.valid.shape[0] <= TILE + (block_height if block_height <= TILE else 1)
+        with pytest.raises(ValueError, match="must not decrease"):
+            reader.read(rows[-2])
+    read = [r for lo, hi in counting.rows_read for r in range(lo, hi)]
+    assert sorted(read) == list(range(200))  # each scene row once, none twice
+    if blocks == "tiled_64":  # block-aligned: every read but the first starts on a block boundary
+        assert all(lo % 64 == 0 for lo, _ in counting.rows_read)
+
+
+def test_gdal_block_cache_is_the_size_gdal_env_states():
+    """rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax64, in bytes (a bare 64 meant 64 bytes: no block
+    cache, each overlapping strip re-decoded its blocks); under GDAL_ENV GDAL's cache is 64 MiB."""
+    import ctypes
+
+    from evaluation.predict.writer import GDAL_ENV
+
+    libraries = sorted({line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                        if "libgdal" in line and "rasterio" in line}) if Path("/proc/self/maps").is_file() else []
+    if not libraries:  # a system GDAL, or no /proc: the library rasterio uses cannot be told apart
+        pytest.skip("rasterio's bundled libgdal is not visible in /proc/self/maps")
+    gdal = ctypes.CDLL(libraries[0])
+    gdal.GDALGetCacheMax64.restype = ctypes.c_int64
+    with rasterio.Env(**GDAL_ENV):
+        assert gdal.GDALGetCacheMax64() == 64 * 2**20

@@ -78,31 +78,66 @@ def _representable(value: float, dtype: np.dtype) -> bool:
     return float(value).is_integer() and info.min <= value <= info.max
 
 
-def read_strip(src, band_indexes: tuple[int, ...], row: int, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scene rows [row, row + tile) of ``band_indexes`` -> image (C, T', PW) float32 and valid (T', PW) bool."""
-    h = min(tile, src.height - row)
-    window = Window(0, row, src.width, h)
+def read_rows(src, band_indexes: tuple[int, ...], row0: int, row1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scene rows [row0, row1) of ``band_indexes`` as stored -> data (C, h, W) and valid (h, W) bool."""
+    window = Window(0, row0, src.width, row1 - row0)
     raw = src.read(list(band_indexes), window=window)
-    valid = torch.from_numpy(valid_pixels(src, band_indexes, raw, window))
-    data = torch.from_numpy(raw.astype(np.float32))
-    if h < tile or src.width < tile:
-        data = pad_to_tile(data, tile)
-        valid = pad_to_tile(valid[None].float(), tile)[0] > 0.5
-    return data, valid
+    return raw, valid_pixels(src, band_indexes, raw, window)
+
+
+class StripReader:
+    """Scene rows [row, row + tile) for non-decreasing ``row``, each stored block decoded once.
+
+    Consecutive strips overlap by ``overlap`` rows and a strip spans two block rows of a tiled GeoTIFF, so reading
+    every strip from the file would decode most blocks twice or thrice (GDAL's block cache is kept small:
+    ``writer.GDAL_ENV``). Here rows are read once, up to the next block boundary, into a rolling buffer of at most
+    ``tile + block height`` rows; blocks taller than a tile (strip-organised files) are read row-exact instead.
+    """
+
+    def __init__(self, src, band_indexes: tuple[int, ...], tile: int) -> None:
+        self.src, self.band_indexes, self.tile = src, band_indexes, tile
+        block_height = src.block_shapes[0][0]
+        self.block_height = block_height if block_height <= tile else 1
+        self.top = 0  # scene row of the buffer's first row
+        self.data = np.empty((len(band_indexes), 0, src.width), dtype=src.dtypes[band_indexes[0] - 1])
+        self.valid = np.empty((0, src.width), dtype=bool)
+
+    def read(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> image (C, T', PW) float32 and valid (T', PW) bool of rows [row, row + T), padded to a tile."""
+        if row < self.top:
+            raise ValueError(f"StripReader: row {row} is above the buffer (row {self.top}); rows must not decrease")
+        end = min(row + self.tile, self.src.height)
+        drop = min(row - self.top, self.valid.shape[0])
+        self.data, self.valid, self.top = self.data[:, drop:], self.valid[drop:], row
+        buffered = self.top + self.valid.shape[0]
+        if buffered < end:
+            stop = min(-(-end // self.block_height) * self.block_height, self.src.height)
+            data, valid = read_rows(self.src, self.band_indexes, buffered, stop)
+            self.data = np.concatenate([self.data, data], axis=1)
+            self.valid = np.concatenate([self.valid, valid], axis=0)
+        h = end - row
+        image = torch.from_numpy(self.data[:, :h].astype(np.float32))
+        valid = torch.from_numpy(self.valid[:h].copy())
+        if h < self.tile or self.src.width < self.tile:
+            image = pad_to_tile(image, self.tile)
+            valid = pad_to_tile(valid[None].float(), self.tile)[0] > 0.5
+        return image, valid
 
 
 def _prefetched(src, band_indexes: tuple[int, ...], rows: list[int], start: int, tile: int
                 ) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor]]]:
-    """(i, read_strip of tile row i) for i >= ``start``; strip i + 1 is read (decoded by GDAL, which releases the
-    GIL) in a background thread while strip i is computed. Only that thread touches ``src`` until it is joined."""
+    """(i, strip of tile row i) for i >= ``start`` (``StripReader``); strip i + 1 is read (decoded by GDAL, which
+    releases the GIL) in a background thread while strip i is computed. Only that thread touches ``src`` and the
+    reader until it is joined."""
     if start >= len(rows):
         return
+    reader = StripReader(src, band_indexes, tile)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read_strip") as pool:
-        pending = pool.submit(read_strip, src, band_indexes, rows[start], tile)
+        pending = pool.submit(reader.read, rows[start])
         for i in range(start, len(rows)):
             strip = pending.result()
             if i + 1 < len(rows):
-                pending = pool.submit(read_strip, src, band_indexes, rows[i + 1], tile)
+                pending = pool.submit(reader.read, rows[i + 1])
             yield i, strip
 
 
@@ -182,9 +217,10 @@ def stream_instances(src, band_indexes: tuple[int, ...], model: torch.nn.Module,
     state = state or StreamState()
     rows, cols, _, _ = grid(src.height, src.width, tile, overlap)
     autocast = autocast or contextlib.nullcontext
+    reader = StripReader(src, band_indexes, tile)
     for i in range(state.next_row, len(rows)):
         r = rows[i]
-        image, valid = read_strip(src, band_indexes, r, tile)
+        image, valid = reader.read(r)
         for chunk, tiles, tile_valid in _batches(image, valid, cols, tile, batch_size, state):
             x = fill_invalid(tiles, tile_valid).to(device)
             with torch.no_grad(), autocast():

@@ -36,7 +36,8 @@ from evaluation.overlap import TileInstance, connected_groups
 
 NODATA_CLASS = 255
 EQUAL_AREA_CRS = "EPSG:6931"  # NSIDC EASE-Grid 2.0 North (Lambert azimuthal equal-area)
-GDAL_ENV = {"GDAL_CACHEMAX": 64}  # MB: GDAL's block cache would otherwise grow with the scene while writing
+GDAL_ENV = {"GDAL_CACHEMAX": 64 * 2**20}  # bytes (rasterio passes an int to GDALSetCacheMax64): a bounded block
+# cache, which would otherwise grow with the scene while writing; large enough to hold a strip of blocks
 
 
 def atomic_json(path: Path, data: dict) -> None:
