@@ -555,7 +555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if summary is not None and not summary.is_file():
         parser.error(f"--readme: {summary} is not a file")
     print(update_readme(args.readme_file, summary))
-    if summary is not None and summary.resolve() != args.copy_to.resolve():
+    if summary is None:  # the block says "not yet run": no quoted summary may contradict it
+        args.copy_to.unlink(missing_ok=True)
+    elif summary.resolve() != args.copy_to.resolve():
         shutil.copyfile(summary, args.copy_to)
     return 0
 

@@ -115,12 +115,14 @@ def test_readme_block_renders_a_stored_summary_exactly(tmp_path):
     summary.write_text(json.dumps(PAPER_CPU_SUMMARY))
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\nbefore\n<!-- paper-cpu:start -->\nold\n<!-- paper-cpu:end -->\nafter\n")
-    assert report_main(["--readme", "none", "--readme-file", str(readme)]) == 0
-    assert "**Not yet run**" in readme.read_text() and "old" not in readme.read_text()
     copy = tmp_path / "quoted.json"
     assert report_main(["--readme", str(summary), "--readme-file", str(readme), "--copy-to", str(copy)]) == 0
     assert json.loads(copy.read_text()) == PAPER_CPU_SUMMARY  # kept for the README test
     assert readme.read_text() == f"# title\n\nbefore\n{PAPER_CPU_BLOCK}\nafter\n"
+    # back to "not yet run": the quoted copy goes too, so the README test cannot find the two disagreeing
+    assert report_main(["--readme", "none", "--readme-file", str(readme), "--copy-to", str(copy)]) == 0
+    assert "**Not yet run**" in readme.read_text() and "Curated" not in readme.read_text()
+    assert not copy.exists()
 
 
 def test_readme_block_refuses_other_sizes_and_missing_markers(tmp_path):
