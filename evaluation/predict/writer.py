@@ -110,11 +110,12 @@ def instance_strip(instances: list[TileInstance], row0: int, row1: int, width: i
 
 
 def to_cog(partial: Path, final: Path, resampling: str) -> None:
-    """Copy a partial GeoTIFF to a COG (deflate, overviews) atomically."""
+    """Copy a partial GeoTIFF to a COG (deflate, overviews) atomically; blocks are compressed on every core (GDAL's
+    ``NUM_THREADS``: the same bytes, since each block is compressed on its own)."""
     tmp = final.with_name(f".{final.name}.tmp.tif")
     with rasterio.Env(**GDAL_ENV):
         rasterio.shutil.copy(partial, tmp, driver="COG", compress="DEFLATE", overview_resampling=resampling,
-                             blocksize=512, bigtiff="IF_SAFER")
+                             blocksize=512, bigtiff="IF_SAFER", num_threads="ALL_CPUS")
     os.replace(tmp, final)
 
 
