@@ -94,22 +94,26 @@ def write_scene(path: Path, size: int, seed: int = 0, block_rows: int = 512) -> 
     return path
 
 
-def model_folder(folder: Path, size: str) -> Path:
+def model_folder(folder: Path, size: str, task: str = "semantic") -> Path:
+    """A random-init finetuned-model folder: the recipes' default UPerNet (semantic) or Mask R-CNN (instance)."""
     from arctic_vit.corpus import CorpusContract
     from evaluation.artefact import build_kwargs_from_recipe, save_finetuned
     from evaluation.backbones import build_backbone
     from evaluation.datasets.card import DatasetCard
-    from evaluation.models import SemanticSegmentationModel
+    from evaluation.models import InstanceSegmentationModel, SemanticSegmentationModel
 
     torch.manual_seed(0)
     card = DatasetCard(name="bench", format="raster_pairs", root=Path("."), classes=CLASSES, bands=BANDS,
                        bit_depth=11)
     backbone = build_backbone(f"arctic_mae_vit_{size}", card, TILE, weights="none")
-    cfg = {"task": "semantic", "model": {"pyramid_channels": 256, "decoder_channels": 256, "use_latlon": False,
-                                         "freeze_encoder": False}, "backbone": {}}
+    cfg = {"task": task, "model": {"pyramid_channels": 256, "decoder_channels": 256, "use_latlon": False,
+                                   "freeze_encoder": False}, "backbone": {}}
     kwargs = build_kwargs_from_recipe(cfg, backbone.name)
-    model = SemanticSegmentationModel(backbone, len(CLASSES), **kwargs["model_kwargs"]).eval()
-    save_finetuned(folder, model, task="semantic", classes=CLASSES, corpus=CorpusContract(BANDS, 11, gsd_m=GSD),
+    if task == "semantic":
+        model = SemanticSegmentationModel(backbone, len(CLASSES), **kwargs["model_kwargs"]).eval()
+    else:
+        model = InstanceSegmentationModel(backbone, len(CLASSES), img_size=TILE, **kwargs["model_kwargs"]).eval()
+    save_finetuned(folder, model, task=task, classes=CLASSES, corpus=CorpusContract(BANDS, 11, gsd_m=GSD),
                    tile_size=TILE, normalization=backbone.normalization, encoder_provenance=backbone.describe(),
                    build_kwargs=kwargs)
     return folder
@@ -129,7 +133,7 @@ def km2(size: int) -> float:
     return size * (size - size // 8) * GSD**2 / 1e6
 
 
-def ours(model_dir: Path, scene: Path, out: Path, threads: int, overlap: int | None = None,
+def ours(model_dir: Path, scene: Path, out: Path, threads: int | None, overlap: int | None = None,
          precision: str = "auto", device: str = "cpu") -> float:
     """predict() end to end (model load, inference, COGs, polygons) -> seconds."""
     from evaluation.predict import PredictConfig, predict

@@ -759,7 +759,7 @@ def test_strip_reader_reads_each_row_once_and_equals_direct_reads(tmp_path, bloc
             assert torch.equal(valid[:h], expected_valid)
             if h < TILE:  # reflected at the bottom, as pad_to_tile of the whole scene
                 torch.testing.assert_close(image[:, h:], expected.flip(1)[:, 1 : TILE - h + 1], rtol=0, atol=0)
-            assert reader.valid.shape[0] <= TILE + (block_height if block_height <= TILE else 1)
+            assert reader.buffered_rows <= TILE + (block_height if block_height <= TILE else 1)
         with pytest.raises(ValueError, match="must not decrease"):
             reader.read(rows[-2])
     read = [r for lo, hi in counting.rows_read for r in range(lo, hi)]

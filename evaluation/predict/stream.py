@@ -90,34 +90,43 @@ class StripReader:
 
     Consecutive strips overlap by ``overlap`` rows and a strip spans two block rows of a tiled GeoTIFF, so reading
     every strip from the file would decode most blocks twice or thrice (GDAL's block cache is kept small:
-    ``writer.GDAL_ENV``). Here rows are read once, up to the next block boundary, into a rolling buffer of at most
-    ``tile + block height`` rows; blocks taller than a tile (strip-organised files) are read row-exact instead.
+    ``writer.GDAL_ENV``). Here rows are read once, up to the next block boundary, and kept (rows above the current
+    strip dropped) until no later strip needs them: at most ``tile + block height`` rows; blocks taller than a tile
+    (strip-organised files) are read row-exact instead. Each strip is assembled straight into its float32 tensor.
     """
 
     def __init__(self, src, band_indexes: tuple[int, ...], tile: int) -> None:
         self.src, self.band_indexes, self.tile = src, band_indexes, tile
         block_height = src.block_shapes[0][0]
         self.block_height = block_height if block_height <= tile else 1
-        self.top = 0  # scene row of the buffer's first row
-        self.data = np.empty((len(band_indexes), 0, src.width), dtype=src.dtypes[band_indexes[0] - 1])
-        self.valid = np.empty((0, src.width), dtype=bool)
+        self.chunks: list[tuple[int, np.ndarray, np.ndarray]] = []  # (first scene row, data (C, h, W), valid)
+        self.last_row = 0
+
+    @property
+    def buffered_rows(self) -> int:
+        return sum(len(valid) for _, _, valid in self.chunks)
 
     def read(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
         """-> image (C, T', PW) float32 and valid (T', PW) bool of rows [row, row + T), padded to a tile."""
-        if row < self.top:
-            raise ValueError(f"StripReader: row {row} is above the buffer (row {self.top}); rows must not decrease")
+        if row < self.last_row:
+            raise ValueError(f"StripReader: row {row} after row {self.last_row}; rows must not decrease")
+        self.last_row = row
         end = min(row + self.tile, self.src.height)
-        drop = min(row - self.top, self.valid.shape[0])
-        self.data, self.valid, self.top = self.data[:, drop:], self.valid[drop:], row
-        buffered = self.top + self.valid.shape[0]
+        self.chunks = [(row, data[:, row - first :].copy(), valid[row - first :].copy()) if first < row else
+                       (first, data, valid) for first, data, valid in self.chunks if first + len(valid) > row]
+        buffered = self.chunks[-1][0] + len(self.chunks[-1][2]) if self.chunks else row
         if buffered < end:
             stop = min(-(-end // self.block_height) * self.block_height, self.src.height)
-            data, valid = read_rows(self.src, self.band_indexes, buffered, stop)
-            self.data = np.concatenate([self.data, data], axis=1)
-            self.valid = np.concatenate([self.valid, valid], axis=0)
+            self.chunks.append((buffered, *read_rows(self.src, self.band_indexes, buffered, stop)))
         h = end - row
-        image = torch.from_numpy(self.data[:, :h].astype(np.float32))
-        valid = torch.from_numpy(self.valid[:h].copy())
+        image = np.empty((len(self.band_indexes), h, self.src.width), dtype=np.float32)
+        valid = np.empty((h, self.src.width), dtype=bool)
+        for first, data, chunk_valid in self.chunks:
+            a, b = max(first, row), min(first + len(chunk_valid), end)
+            if a < b:
+                image[:, a - row : b - row] = data[:, a - first : b - first]
+                valid[a - row : b - row] = chunk_valid[a - first : b - first]
+        image, valid = torch.from_numpy(image), torch.from_numpy(valid)
         if h < self.tile or self.src.width < self.tile:
             image = pad_to_tile(image, self.tile)
             valid = pad_to_tile(valid[None].float(), self.tile)[0] > 0.5
