@@ -19,6 +19,9 @@ from timm.optim import param_groups_layer_decay
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign
 
 from arctic_vit.pyramid import ViTPyramidEncoder
@@ -118,6 +121,37 @@ class _PyramidForDetection(nn.Module):
         return out
 
 
+def _as_float32(value):
+    """Floating tensors in ``value`` (tensor, ImageList, dict, list, tuple) -> float32; everything else as is."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, ImageList):
+        return ImageList(value.tensors.float(), value.image_sizes)
+    if isinstance(value, dict):
+        return type(value)((k, _as_float32(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_float32(v) for v in value)
+    return value
+
+
+class _Float32Forward:
+    """Mixin: ``forward`` runs with autocast off on float32 inputs (the detection heads, see
+    ``InstanceSegmentationModel``)."""
+
+    def forward(self, *args, **kwargs):
+        device_type = next(self.parameters()).device.type
+        with torch.autocast(device_type, enabled=False):
+            return super().forward(*_as_float32(args), **_as_float32(kwargs))
+
+
+class Float32RegionProposalNetwork(_Float32Forward, RegionProposalNetwork):
+    pass
+
+
+class Float32RoIHeads(_Float32Forward, RoIHeads):
+    pass
+
+
 class InstanceSegmentationModel(nn.Module):
     """torchvision Mask R-CNN on the location-aware pyramid; images are raw DN of exactly ``img_size``.
 
@@ -141,6 +175,11 @@ class InstanceSegmentationModel(nn.Module):
             mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=14, sampling_ratio=2),
             **{"box_detections_per_img": 200, **maskrcnn_kwargs},  # e.g. rpn_post_nms_top_n_test for CPU runs
         )
+        # Under autocast (bf16 on a GPU) only the ViT and pyramid run in bf16: torchvision decodes boxes in its heads'
+        # dtype, and bf16 has 8 significant bits, so box corners would move by up to 1 px at 224 px and masks and
+        # scores come back in bf16. The heads keep their parameters and state_dict keys; only the class changes.
+        self.detector.rpn.__class__ = Float32RegionProposalNetwork
+        self.detector.roi_heads.__class__ = Float32RoIHeads
 
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None, latlon: torch.Tensor | None = None):
         """images: (N, C, H, W) raw DN; targets: torchvision dicts (boxes, labels, masks) when training.

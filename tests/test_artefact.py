@@ -131,3 +131,45 @@ def test_missing_corpus_field_and_wrong_contract_are_named(tmp_path):
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(ArtefactError, match=r"predictor\.json: not found"):
         load_finetuned(tmp_path)
+
+
+def test_instance_heads_run_in_float32_under_autocast():
+    """Under bf16 autocast (a GPU's default) the Mask R-CNN heads run in float32: boxes, scores and masks come back
+    float32 and box corners are not rounded to bf16's grid (8 significant bits: up to 1 px at 224 px), while a
+    float32 run is exactly what torchvision's own head classes compute; a training step under autocast works, and
+    the model deep-copies into an independent model (the heads' class is swapped, not wrapped)."""
+    import copy
+
+    from torchvision.models.detection.roi_heads import RoIHeads
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
+    from evaluation.models import masks_to_targets
+
+    model = tiny_model("instance")[0].eval()
+    x = torch.rand(2, 4, TILE, TILE, generator=torch.Generator().manual_seed(1)) * 1500 + 200
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(x)
+    boxes = torch.cat([out["boxes"] for out in mixed])
+    assert len(boxes) > 10
+    assert {out[k].dtype for out in mixed for k in ("boxes", "scores", "masks")} == {torch.float32}
+    on_grid = (boxes == boxes.to(torch.bfloat16).float()).float().mean()
+    assert on_grid < 0.5, f"{on_grid:.0%} of box corners on the bf16 grid: the heads ran in bf16"
+
+    plain = copy.deepcopy(model)
+    plain.detector.rpn.__class__, plain.detector.roi_heads.__class__ = RegionProposalNetwork, RoIHeads
+    with torch.no_grad():
+        ours, torchvisions = model(x), plain(x)
+    for a, b in zip(ours, torchvisions):
+        for key in ("boxes", "scores", "labels", "masks"):
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert type(model.detector.rpn) is not RegionProposalNetwork  # the copy's swap did not touch the original
+
+    model.train()
+    mask = torch.zeros(1, TILE, TILE, dtype=torch.uint8)
+    mask[0, 10:30, 12:28] = 1
+    target = masks_to_targets({"masks": mask, "labels": torch.tensor([1])})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(x[:1], [target])
+    loss = sum(losses.values())
+    assert all(v.dtype == torch.float32 for v in losses.values()) and torch.isfinite(loss)
+    loss.backward()

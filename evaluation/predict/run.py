@@ -386,8 +386,11 @@ def predict(cfg: PredictConfig) -> dict:
 
         from training.runtime import dask_client
 
+        # a CUDA process holds 2-3 GB of host memory for the CUDA libraries alone: on a GPU, Dask's own share
+        # ("auto": the machine's memory over the workers) instead of the CPU workers' 4 GiB, so none is killed
+        memory_limit = "4GiB" if device.type == "cpu" else "auto"
         with dask_client({"scheduler": cfg.scheduler, "n_workers": cfg.n_workers, "threads_per_worker": 1,
-                          "memory_limit": "4GiB"}) as client:
+                          "memory_limit": memory_limit}) as client:
             futures = {client.submit(_scene_task, scene, dataclasses.replace(cfg, progress=False), pure=False): scene
                        for scene in scenes}
             for future in as_completed(futures):
