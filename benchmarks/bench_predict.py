@@ -174,9 +174,15 @@ def spread(seconds: list[float]) -> dict:
 
 
 def agreement(default_dir: Path, float32_dir: Path) -> dict:
-    """Default-precision outputs vs float32 outputs of the same scene: class agreement and probability difference
-    over valid pixels (probabilities as stored: uint8 round(255 p))."""
+    """``scene_agreement`` of the one scene each run folder holds."""
     (a,), (b,) = (list(d.glob("*/class.tif")) for d in (default_dir, float32_dir))
+    return scene_agreement(a.parent, b.parent)
+
+
+def scene_agreement(scene_dir: Path, reference_dir: Path) -> dict:
+    """One scene's outputs vs a reference's (e.g. default precision vs float32): class agreement and probability
+    difference over the reference's valid pixels (probabilities as stored: uint8 round(255 p))."""
+    a, b = scene_dir / "class.tif", reference_dir / "class.tif"
     with rasterio.open(a) as ca, rasterio.open(b) as cb, \
             rasterio.open(a.with_name("prob.tif")) as pa, rasterio.open(b.with_name("prob.tif")) as pb:
         class_a, class_b, prob_b = ca.read(1), cb.read(1), pb.read()
@@ -286,9 +292,6 @@ def free_forward(work: Path, scene_size: int, rounds: int) -> dict:
     """Both arms with the conv stand-in, whose forward costs ~nothing: the pipeline alone (reads, blending, writes;
     ours also COGs and polygons, without the model folder's load and sha256 check), which is what ``over_naive``
     tends to as the forward gets cheap (a fast GPU with a small model). Alternated, median of paired ratios."""
-    from evaluation.predict import PredictConfig, predict_scene
-    from evaluation.predict.scenes import Scene, inspect
-
     scene = work / f"speed_{scene_size}.tif"  # the speed arms' scene
     if not scene.exists():
         write_scene(scene, scene_size)
@@ -296,9 +299,7 @@ def free_forward(work: Path, scene_size: int, rounds: int) -> dict:
 
     def ours_free(out: Path) -> float:
         start = time.perf_counter()
-        info = inspect(Scene(scene, scene.stem), BANDS, 11, False)
-        predict_scene(info, stand_in_predictor(out), PredictConfig(model=out, input=scene, out=out, progress=False),
-                      torch.device("cpu"))
+        map_with_stand_in(scene, out)
         return time.perf_counter() - start
 
     times: dict[str, list[float]] = {"ours_s": [], "naive_s": []}
@@ -311,17 +312,22 @@ def free_forward(work: Path, scene_size: int, rounds: int) -> dict:
     return {"over_naive_free_forward": paired(times["naive_s"], times["ours_s"]), "seconds": times}
 
 
-def rss_child(scene: Path, out: Path) -> None:
-    """Map ``scene`` with the conv stand-in in this process; print peak RSS (GB) and seconds."""
+def map_with_stand_in(scene: Path, out: Path) -> None:
+    """``predict_scene`` of ``scene`` into ``out`` with the conv stand-in (no model folder: no load or sha256
+    check; no checkpoints)."""
     from evaluation.predict import PredictConfig, predict_scene
     from evaluation.predict.scenes import Scene, inspect
 
+    info = inspect(Scene(scene, scene.stem), BANDS, 11, False)
+    predict_scene(info, stand_in_predictor(out), PredictConfig(model=out, input=scene, out=out, progress=False,
+                                                               checkpoint_seconds=1e9), torch.device("cpu"))
+
+
+def rss_child(scene: Path, out: Path) -> None:
+    """Map ``scene`` with the conv stand-in in this process; print peak RSS (GB) and seconds."""
     torch.set_num_threads(1)
     start = time.perf_counter()
-    predictor = stand_in_predictor(out)
-    info = inspect(Scene(scene, scene.stem), BANDS, 11, False)
-    predict_scene(info, predictor, PredictConfig(model=out, input=scene, out=out, progress=False,
-                                                 checkpoint_seconds=1e9), torch.device("cpu"))
+    map_with_stand_in(scene, out)
     # VmHWM: this process image's high-water mark (ru_maxrss would carry the parent's peak over fork + exec)
     hwm_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                   if line.startswith("VmHWM:"))

@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import rasterio
 import torch
 
@@ -41,15 +40,10 @@ import bench_predict as bench  # noqa: E402
 
 
 def agreement(a: Path, b: Path) -> dict:
-    """Class agreement (valid pixels of b) and mean / max |Δp| of two predict outputs of one scene."""
-    with rasterio.open(a / "class.tif") as ca, rasterio.open(b / "class.tif") as cb, \
-            rasterio.open(a / "prob.tif") as pa, rasterio.open(b / "prob.tif") as pb:
-        class_a, class_b = ca.read(1), cb.read(1)
-        valid = class_b != 255
-        diff = np.abs(pa.read().astype(np.int16) - pb.read().astype(np.int16))[:, valid] / 255.0
-    return {"class_agreement": round(float((class_a[valid] == class_b[valid]).mean()), 5),
-            "same_nodata": bool(((class_a == 255) == (class_b == 255)).all()),
-            "prob_mean_abs_diff": round(float(diff.mean()), 5), "prob_max_abs_diff": round(float(diff.max()), 4)}
+    """``bench_predict.scene_agreement`` of two predict outputs of one scene, and whether their nodata is the same."""
+    with rasterio.open(a / "class.tif") as ca, rasterio.open(b / "class.tif") as cb:
+        same_nodata = bool(((ca.read(1) == 255) == (cb.read(1) == 255)).all())
+    return bench.scene_agreement(a, b) | {"same_nodata": same_nodata}
 
 
 def run(work: Path, device: str, scene_px: int, rounds: int) -> tuple[dict, list[str]]:
